@@ -1,0 +1,23 @@
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED ?= $(abspath ../shared)
+export EDGECONV_SAMPLE ?= $(SHARED)/data/imagenet-sample
+
+.PHONY: install test lint clean
+
+install: $(BIN)/edgeconv
+
+$(BIN)/edgeconv: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $@
+
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check edgeconv tests benchmarks tools
+
+clean:
+	rm -rf build .pytest_cache

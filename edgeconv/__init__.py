@@ -1,0 +1,3 @@
+"""edgeconv: small image classifiers from recipe to phone."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Model builders: the PyTorch source of truth and its NHWC Keras twin."""
