@@ -36,7 +36,8 @@ def count_macs(model: nn.Module, resolution: int) -> int:
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, 3, resolution, resolution))
+            device = next(model.parameters()).device
+            model(torch.zeros(1, 3, resolution, resolution, device=device))
         model.train(was_training)
     finally:
         for h in handles:

