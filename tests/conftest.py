@@ -1,0 +1,28 @@
+"""Shared fixtures. The shared ImageNet sample is found at $EDGECONV_SAMPLE or ../shared/data/imagenet-sample."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sample_dir() -> Path:
+    env = os.environ.get("EDGECONV_SAMPLE")
+    p = Path(env) if env else REPO.parent / "shared" / "data" / "imagenet-sample"
+    if not (p / "labels.tsv").exists():
+        pytest.fail(f"shared ImageNet sample not found at {p} (set EDGECONV_SAMPLE)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample() -> Path:
+    return sample_dir()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path_factory, monkeypatch):
+    """Never touch the user's results DB or build folder from tests."""
+    monkeypatch.setenv("EDGECONV_DB", str(tmp_path_factory.mktemp("db") / "results.db"))
