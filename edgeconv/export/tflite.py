@@ -12,13 +12,16 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+from . import PRECISIONS as _FORMAT_PRECISIONS
+
+PRECISIONS = _FORMAT_PRECISIONS["tflite"]
 
 
 class TFLiteConversionError(Exception):
@@ -152,7 +155,9 @@ def convert_tflite(keras_model, out_path: str | os.PathLike, precision: str,
 
     tf = _import_tf()
     start = time.perf_counter()
-    with _captured_output() as log:
+    with _captured_output() as log, warnings.catch_warnings():
+        # "Statistics for quantized inputs were expected": int8 I/O scales come from calibration
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs", category=UserWarning)
         try:
             # Keras 3: the converter exports a SavedModel of the model's serving function; the
             # batch size comes from the model's input (build it with batch_size=1).

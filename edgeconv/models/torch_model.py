@@ -158,25 +158,24 @@ class EfficientNet(nn.Module):
         return self.classifier(x)
 
 
-def build_model(recipe: Recipe, seed: int = 0, settle_bn: bool = False) -> EfficientNet:
+def build_model(recipe: Recipe, seed: int = 0, settle_inputs=None) -> EfficientNet:
     """Build the model described by ``recipe``, randomly initialised with a fixed seed, in eval mode.
 
-    ``settle_bn`` sets the BatchNorm statistics from a few seeded random batches, so a randomly
-    initialised network has unit-scale activations and logits spread like a trained one's (with the
-    default statistics they shrink to ~1e-5 through the blocks, which makes int8 calibration and
-    parity figures of random models meaningless)."""
+    ``settle_inputs`` (N x 3 x H x W images) sets the BatchNorm statistics from those images, so a
+    randomly initialised network has unit-scale activations on real photos and logits spread like a
+    trained one's (with the default statistics activations shrink to ~1e-5 through the blocks, which
+    makes int8 calibration and parity figures of random models meaningless)."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         model = EfficientNet(resolve(recipe))
-        if settle_bn:
+        if settle_inputs is not None:
             for m in model.modules():
                 if isinstance(m, nn.BatchNorm2d):
-                    m.momentum = None  # cumulative average over the batches below
+                    m.momentum = None  # cumulative average
             model.train()
             with torch.no_grad():
-                for _ in range(2):
-                    model(torch.randn(8, 3, recipe.resolution, recipe.resolution))
+                model(torch.as_tensor(settle_inputs))
             for m in model.modules():
                 if isinstance(m, nn.BatchNorm2d):
                     m.momentum = 0.1

@@ -141,7 +141,10 @@ def load_model(recipe: Recipe, spec: str | None = None) -> tuple[EfficientNet, W
     """Build the recipe's model and load ``spec`` strictly. A checkpoint whose classifier has another
     number of classes (a fine-tuned head) rebuilds the model with that many classes."""
     if not spec:
-        model = build_model(recipe, settle_bn=True)
+        from ..data import calibration_set
+
+        photos = calibration_set(None, recipe.resolution, recipe.preprocess, size=24, seed=2).inputs
+        model = build_model(recipe, settle_inputs=photos)
         return model, WeightsInfo(None, None, None, "random init", recipe.num_classes)
     path = resolve_spec(spec)
     sd = read_state_dict(path)
