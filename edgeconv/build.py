@@ -143,11 +143,13 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
     folder = Path(out) / recipe.name
     folder.mkdir(parents=True, exist_ok=True)
     old: dict[str, Any] = {}
+    old_entries: list[dict[str, Any]] = []
     if not force and (folder / MANIFEST).exists():
         try:
-            old = {a["key"]: a for a in load_manifest(folder).get("artifacts", []) if "key" in a}
+            old_entries = load_manifest(folder).get("artifacts", [])
         except ArtifactError:
-            old = {}
+            old_entries = []
+        old = {a["key"]: a for a in old_entries if "key" in a}
     tools = tool_versions()
     # the tensors themselves (not just the file): random init and code changes show up too
     fingerprint = hashlib.sha256()
@@ -156,6 +158,7 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
         fingerprint.update(v.detach().contiguous().numpy().tobytes())
     base_key = {"recipe": recipe.digest(), "weights": fingerprint.hexdigest(), "tools": tools,
                 "schema": SCHEMA}
+    base_hash = sha256_text(json.dumps(base_key, sort_keys=True))
     manifest: dict[str, Any] = {
         "schema": SCHEMA, "model": recipe.name, "recipe": recipe.to_dict(), "recipe_sha256": recipe.digest(),
         "recipe_path": recipe.path, "weights": winfo.to_dict(), "tools": tools,
@@ -166,6 +169,12 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
         "calibration": None, "artifacts": [], "steps": steps, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     state = _State(folder, manifest, steps)
+    # Artifacts of the same model and weights that this run does not touch stay listed (a build of
+    # one precision must not hide the others), as long as their files are intact.
+    for a in old_entries:
+        if (a.get("format"), a.get("precision")) not in wanted and a.get("base") == base_hash \
+                and (folder / a["path"]).exists() and sha256_file(folder / a["path"]) == a.get("sha256"):
+            manifest["artifacts"].append(dict(a, cached=True))
 
     from .data import calibration_set
 
@@ -220,7 +229,7 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
             par_result = parity(reference, runner.run(par.inputs))
         ok = prec != "fp32" or par_result["rel_diff"] <= FP32_TOLERANCE
         entry = {"format": fmt, "precision": prec, "runtime": runtime_of(fmt), "path": rel,
-                 "size_bytes": size, "sha256": sha256_file(path), "key": key_for(fmt, prec),
+                 "size_bytes": size, "sha256": sha256_file(path), "key": key_for(fmt, prec), "base": base_hash,
                  "ops": info.get("ops", {}), "parity": par_result, "parity_ok": ok,
                  "seconds": round(seconds, 3), "cached": False}
         for extra in ("float_islands", "transpose_ops", "int8_io"):

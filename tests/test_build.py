@@ -180,3 +180,19 @@ def test_interrupted_build_leaves_no_partial_files(tmp_path):
     assert on_disk == listed, "files not in the manifest (partial or temporary) were left behind"
     for a in m["artifacts"]:
         assert sha256_file(folder / a["path"]) == a["sha256"]
+
+
+def test_partial_rebuild_keeps_other_artifacts_listed(tmp_path):
+    build("tinynet-e", out=tmp_path, formats="onnx,tflite", precisions="fp32")
+    m = build("tinynet-e", out=tmp_path, formats="tflite", precisions="fp16")
+    assert {(a["format"], a["precision"], a["cached"]) for a in m["artifacts"]} == {
+        ("onnx", "fp32", True), ("tflite", "fp32", True), ("tflite", "fp16", False)}
+    # other weights: the old artifacts no longer describe this model and are dropped from the list
+    import torch
+
+    from edgeconv.models.torch_model import build_model
+    from edgeconv.recipe import load_recipe
+
+    torch.save(build_model(load_recipe("tinynet-e"), seed=3).state_dict(), tmp_path / "w.pth")
+    m = build("tinynet-e", weights=str(tmp_path / "w.pth"), out=tmp_path, formats="tflite", precisions="fp16")
+    assert [(a["format"], a["precision"]) for a in m["artifacts"]] == [("tflite", "fp16")]

@@ -1,0 +1,1 @@
+"""Benchmarking: latency statistics (``stats``) and the per-device harnesses (``host``, ``adb``)."""
