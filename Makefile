@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 export EDGECONV_SAMPLE ?= $(SHARED)/data/imagenet-sample
 
-.PHONY: install test lint clean
+.PHONY: install test lint clean paper bench-build
 
 install: $(BIN)/edgeconv
 
@@ -18,6 +18,12 @@ test: install
 
 lint: install
 	$(BIN)/ruff check edgeconv tests benchmarks tools
+
+paper: install
+	$(BIN)/python benchmarks/paper.py
+
+bench-build: install
+	$(BIN)/python benchmarks/build.py
 
 clean:
 	rm -rf build .pytest_cache
