@@ -265,6 +265,10 @@ cli.add_command(report)
 
 
 def main() -> None:
+    import os
+
+    # TensorFlow's C++ start-up chatter (oneDNN notices, absl pre-init warnings) is not for users
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cli(prog_name="edgeconv")
 
 

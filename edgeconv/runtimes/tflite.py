@@ -15,17 +15,15 @@ def load_interpreter_class():
     """(Interpreter class, package name, version) from the first runtime that imports."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        from ai_edge_litert import interpreter as mod
-
         import ai_edge_litert
+        from ai_edge_litert import interpreter as mod
 
         return mod.Interpreter, "ai-edge-litert", getattr(ai_edge_litert, "__version__", "?")
     except ImportError:
         pass
     try:
-        from tflite_runtime import interpreter as mod
-
         import tflite_runtime
+        from tflite_runtime import interpreter as mod
 
         return mod.Interpreter, "tflite-runtime", getattr(tflite_runtime, "__version__", "?")
     except ImportError:
