@@ -235,6 +235,8 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
         for extra in ("float_islands", "transpose_ops", "int8_io"):
             if extra in info:
                 entry[extra] = info[extra]
+        if prec == "int8":  # each int8 artifact remembers what it was calibrated on
+            entry["calibration"] = manifest["calibration"]
         manifest["artifacts"] = [a for a in manifest["artifacts"]
                                  if (a["format"], a["precision"]) != (fmt, prec)] + [entry]
         state.save()
