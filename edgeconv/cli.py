@@ -257,8 +257,9 @@ def build_cmd(name, weights, formats, precisions, calib, calib_size, int8_io, ou
     click.echo(f"total {m['steps'].get('total', 0):.1f} s; manifest: {out}/{m['model']}/manifest.json")
 
 
-from .cli_bench import bench, report, results  # noqa: E402
+from .cli_bench import bench, devices, report, results  # noqa: E402
 
+cli.add_command(devices)
 cli.add_command(bench)
 cli.add_command(results)
 cli.add_command(report)

@@ -2,8 +2,9 @@
 
 The library half (``run_bench`` and its helpers) picks the artifacts from a build's manifest.json
 (building them first when missing), dispatches to the device's harness and commits each result to
-the store as soon as it exists. The Click half only parses options and renders. ``run_bench`` is the
-seam for other devices: ``--device android`` gets its own harness next to ``_bench_host``.
+the store as soon as it exists. The Click half only parses options and renders. ``run_bench``
+dispatches on ``--device``: ``host`` to :mod:`edgeconv.bench.host`; ``android``, ``board`` or a
+profile from ``devices/`` to :mod:`edgeconv.bench.android` (every ADB device in parallel).
 """
 from __future__ import annotations
 
@@ -15,18 +16,22 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .devices import REMOTE_RUNTIMES  # light: no numpy, no adb
 from .errors import ArtifactError, UserError
 from .export import ALL_PRECISIONS as PRECISIONS
 from .export import PRECISIONS as BUILD_MATRIX  # what `edgeconv build` makes per format
 from .util import sha256_file
 
 if TYPE_CHECKING:  # numpy-backed modules load when a command runs: `edgeconv --help` stays fast
+    from .bench.adb import Adb
+    from .bench.android import DevicePlan, RemoteOptions
+    from .devices import Profile
     from .store import ArtifactRecord, RunRecord, Store
 
 FORMAT_OF_RUNTIME = {"tflite": "tflite", "openvino": "openvino", "onnxruntime": "onnx"}
 RUNTIME_OF_FORMAT = {v: k for k, v in FORMAT_OF_RUNTIME.items()}
 RUNTIMES = tuple(FORMAT_OF_RUNTIME)  # == bench.host.HOST_RUNTIMES (a test keeps them equal)
-DEVICES = ("host", "android", "board")
+DEVICES = ("host", "android", "board")  # or the name of a profile in devices/
 
 
 # ------------------------------------------------------------------------------------------------
@@ -50,6 +55,7 @@ class Outcome:
     target: Target
     run: RunRecord
     run_id: int | None
+    device: dict | None = None  # the device's record, for runs on ADB devices
 
 
 def parse_choices(value: str | Sequence[str] | None, allowed: Sequence[str], what: str) -> list[str]:
@@ -166,29 +172,101 @@ def _bench_host(targets: list[Target], *, runs: int, warmup: int, threads: int, 
 
 
 def device_info(device: str) -> dict:
-    """The device record for ``--device``; the seam where ADB/board backends plug in."""
+    """The device record of the host (ADB devices describe themselves in bench.android)."""
     if device == "host":
         from .sysinfo import host_info
 
         return host_info()
-    raise UserError(f"--device {device}: benchmarking on {device} is not available yet "
-                    "(use --device host)")
+    raise UserError(f"--device {device}: not a local device (use --device host)")
 
 
-def run_bench(name: str | None, device: str = "host", *, runtimes: Sequence[str] = RUNTIMES,
+@dataclass
+class RemoteRequest:
+    """What ``--device android|board|PROFILE`` needs beyond the host options."""
+
+    profile: Profile | None  # None for plain android/board
+    plans: list[DevicePlan]
+    adb: Adb
+
+
+def _remote_request(device: str, runtimes: Sequence[str], core: int | None, cores: str | None,
+                    serials: Sequence[str], adb: Adb | None) -> RemoteRequest:
+    """Validate the options of an ADB benchmark and find its devices (before any build)."""
+    from .bench.adb import Adb
+    from .bench.android import plan_devices
+    from .devices import check_cores, find_profile
+
+    bad = [r for r in runtimes if r not in REMOTE_RUNTIMES]
+    if bad:
+        raise UserError(f"--device {device} runs {' and '.join(REMOTE_RUNTIMES)} only, not {bad[0]}")
+    if core is not None:
+        raise UserError("--core is for --device host; on ADB devices use --cores big|little|all|MASK")
+    if cores is not None:
+        check_cores(cores)
+    profile = None if device in DEVICES else find_profile(device)
+    adb = adb or Adb()
+    return RemoteRequest(profile, plan_devices(adb, serials, profile), adb)
+
+
+def _bench_remote(request: RemoteRequest, targets: list[Target], store: Store | None, opts: RemoteOptions,
+                  on_result: Callable[[Outcome], None] | None,
+                  on_progress: Callable[[Target, str, int, int], None] | None,
+                  warn: Callable[[str], None] | None) -> tuple[dict, list[Outcome]]:
+    from .bench.android import bench_remote, record_result
+
+    infos: dict[str, dict] = {}
+    ids: dict[str, int | None] = {}
+    outcomes: list[Outcome] = []
+
+    def on_device(serial: str, info: dict) -> None:
+        infos[serial] = info
+        ids[serial] = store.upsert_device(info) if store else None
+
+    def record(serial: str, target: Target, rec: RunRecord) -> None:
+        run_id = record_result(store, ids[serial], target.artifact, rec) if store else None
+        outcomes.append(Outcome(target, rec, run_id, infos[serial]))
+        if on_result:
+            on_result(outcomes[-1])
+
+    bench_remote(targets, request.plans, opts, adb=request.adb, on_device=on_device, on_result=record,
+                 on_progress=(lambda serial, t, phase: on_progress(t, f"{phase} on {serial}", 0, 1))
+                 if on_progress else None, warn=warn)
+    found = [infos[p.serial] for p in request.plans if p.serial in infos]
+    info = found[0] if len(found) == 1 else {"kind": "android", "name": f"{len(found)} devices",
+                                             "cpu_model": "ADB", "devices": found}
+    return info, outcomes
+
+
+def run_bench(name: str | None, device: str = "host", *, runtimes: Sequence[str] | None = None,
               precisions: Sequence[str] = PRECISIONS, runs: int = 1000, warmup: int = 50,
               threads: int = 1, core: int | None = None, artifacts: str | Path | None = None,
               out: str | Path = "build", weights: str | None = None, store: Store | None = None,
               on_start: Callable[[list[Target]], None] | None = None,
               on_result: Callable[[Outcome], None] | None = None,
               on_progress: Callable[[Target, str, int, int], None] | None = None,
-              warn: Callable[[str], None] | None = None) -> tuple[dict, list[Outcome]]:
-    """Benchmark the artifacts of ``name`` (or of the ``artifacts`` folder) on ``device``.
-    Each result goes to ``store`` in its own transaction before the next artifact starts.
+              warn: Callable[[str], None] | None = None, serials: Sequence[str] = (),
+              cores: str | None = None, cooldown: float | None = None, runner: str | None = None,
+              timeout: float = 3600.0, reconnect_timeout: float = 30.0, adb: Adb | None = None
+              ) -> tuple[dict, list[Outcome]]:
+    """Benchmark the artifacts of ``name`` (or of the ``artifacts`` folder) on ``device``: ``host``,
+    ``android``/``board`` (every attached ADB device, or ``serials``) or a profile name.
+    Each result goes to ``store`` in its own transaction as soon as it exists.
     Returns (device info, outcomes); failed artifacts are outcomes with status 'failed'."""
     if runs < 1 or warmup < 0 or threads < 1:
         raise UserError("--runs and --threads must be at least 1, --warmup at least 0")
-    info = device_info(device)
+    if cooldown is not None and cooldown < 0 or timeout <= 0:
+        raise UserError("--cooldown must be at least 0 and --timeout more than 0")
+    request: RemoteRequest | None = None
+    if device == "host":
+        if serials or cores or cooldown is not None or runner:
+            raise UserError("--serial, --cores, --cooldown and --runner are for ADB devices "
+                            "(--device android, board or a profile)")
+        runtimes = list(runtimes or RUNTIMES)
+        info = device_info(device)
+    else:
+        runtimes = list(runtimes or ("tflite",))
+        request = _remote_request(device, runtimes, core, cores, serials, adb)
+        info = {}
     if artifacts is not None:
         manifest, sha = read_manifest(artifacts)
         folder = Path(artifacts)
@@ -204,6 +282,15 @@ def run_bench(name: str | None, device: str = "host", *, runtimes: Sequence[str]
                         f"--precisions {','.join(precisions)}")
     if warn and artifacts is not None and (gaps := _missing(manifest, runtimes, precisions)):
         warn(f"{folder} has no {', '.join(gaps)} artifacts; benchmarking the others")
+    if request is not None:
+        from .bench.android import RemoteOptions
+
+        if on_start:
+            on_start(targets * len(request.plans))
+        opts = RemoteOptions(runs=runs, warmup=warmup, threads=threads, cores=cores, cooldown=cooldown,
+                             runner=runner, timeout_s=timeout, reconnect_timeout_s=reconnect_timeout)
+        return _bench_remote(request, targets, store, opts, on_result=on_result, on_progress=on_progress,
+                             warn=warn)
     device_id = store.upsert_device(info) if store else None
     if on_start:
         on_start(targets)
@@ -220,27 +307,39 @@ def run_bench(name: str | None, device: str = "host", *, runtimes: Sequence[str]
     return info, outcomes
 
 
+def outcome_label(o: Outcome) -> str:
+    """``tflite int8``, prefixed with the device's serial for ADB devices."""
+    return f"{o.device.get('serial')} {o.target.label}" if o.device else o.target.label
+
+
 def failure_summary(outcomes: Sequence[Outcome]) -> str | None:
     """One line for the exit error when some benchmarks failed (their rows are already stored)."""
     failed = [o for o in outcomes if o.run.status != "ok"]
     if not failed:
         return None
-    first = f"{failed[0].target.label}: {failed[0].run.error}"
+    first = f"{outcome_label(failed[0])}: {failed[0].run.error}"
     return first if len(outcomes) == 1 else f"{len(failed)} of {len(outcomes)} benchmarks failed; {first}"
 
 
 def outcome_row(o: Outcome) -> dict:
-    """Flat, JSON-able summary of one outcome (what the table and --json show)."""
+    """Flat, JSON-able summary of one outcome (what the table and --json show). Runs measured by
+    benchmark_model carry only its aggregates (no p90/p99)."""
     from .bench.stats import TimingStats, summarize
 
     r, a = o.run, o.target.artifact
-    stats = summarize(r.timings_ns).as_ms() if r.timings_ns else \
-        dict.fromkeys(TimingStats.__dataclass_fields__)  # same keys, null, for a failed run
-    return {"runtime": r.runtime, "runtime_version": r.runtime_version, "format": a.format,
+    stats = dict.fromkeys(TimingStats.__dataclass_fields__)  # same keys, null, for a failed run
+    if r.timings_ns:
+        stats = summarize(r.timings_ns).as_ms()
+    elif r.status == "ok" and (summary := r.extra.get("summary")):
+        stats.update(count=summary["count"], mean=summary["mean_ms"], median=summary["median_ms"],
+                     min=summary["min_ms"], max=summary["max_ms"], std=summary["std_ms"])
+    device = {"device": o.device.get("name"), "serial": o.device.get("serial")} if o.device else {}
+    return {**device, "runtime": r.runtime, "runtime_version": r.runtime_version, "format": a.format,
             "precision": a.precision, "path": a.path, "size_bytes": a.size_bytes, "status": r.status,
             "error": r.error, "run_id": o.run_id, "threads": r.threads, "cores": r.cores,
             **{f"{k}_ms" if k != "count" else "runs": v for k, v in stats.items()},
-            "init_ms": r.init_ms, "first_ms": r.first_ms, "harness_overhead_ns": r.harness_overhead_ns}
+            "init_ms": r.init_ms, "first_ms": r.first_ms, "harness_overhead_ns": r.harness_overhead_ns,
+            "temp_before_c": r.temp_before_c, "temp_after_c": r.temp_after_c}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,10 +393,13 @@ class _Progress:
         from .bench.stats import summarize
 
         self.done += 1
-        head = f"[{self.done}/{self.total}] {o.target.label}:"
-        if o.run.status == "ok":
-            st = summarize(o.run.timings_ns or [])
+        head = f"[{self.done}/{self.total}] {outcome_label(o)}:"
+        if o.run.status == "ok" and o.run.timings_ns:
+            st = summarize(o.run.timings_ns)
             msg = f"{head} median {st.median / 1e6:.4g} ms over {st.count} runs (saved)"
+        elif o.run.status == "ok":
+            summary = o.run.extra["summary"]
+            msg = f"{head} mean {summary['mean_ms']:.4g} ms over {summary['count']} runs (saved)"
         else:
             msg = f"{head} FAILED: {o.run.error}"
         if self.bar is not None:
@@ -312,32 +414,45 @@ class _Progress:
 
 @click.command("bench", cls=Command)
 @click.argument("name", required=False)
-@click.option("--device", default="host", show_default=True, type=click.Choice(DEVICES),
-              help="Where to run.")
+@click.option("--device", default="host", show_default=True, metavar="host|android|board|PROFILE",
+              help="Where to run: this machine, every attached ADB device (phones and boards, in "
+              "parallel), or a profile from devices/ (a name or a .yaml path).")
+@click.option("--serial", "serials", multiple=True, metavar="S",
+              help="ADB device to use (repeatable; HOST:PORT is `adb connect`ed). Default: all attached.")
 @click.option("--runtime", "runtime", metavar="LIST", help="Comma list of tflite, openvino, onnxruntime "
-              "(default: all).")
+              "(default: all on the host, tflite on ADB devices).")
 @click.option("--precisions", metavar="LIST", help="Comma list of fp32, fp16, dynamic, int8 (default: all).")
 @click.option("--runs", default=1000, show_default=True, type=int, help="Timed invocations per artifact.")
 @click.option("--warmup", default=50, show_default=True, type=int, help="Untimed invocations first.")
 @click.option("--threads", default=1, show_default=True, type=int,
               help="Runtime threads (1: pinned to one core, the paper's protocol).")
-@click.option("--core", type=int, help="Core to pin to with --threads 1 (default: the last one).")
+@click.option("--core", type=int, help="Host: core to pin to with --threads 1 (default: the last one).")
+@click.option("--cores", metavar="big|little|all|MASK",
+              help="ADB devices: cores to pin to, or a hex taskset mask (default: the profile's, big).")
+@click.option("--cooldown", type=float, metavar="SECONDS",
+              help="ADB devices: longest wait between artifacts for the temperature to get back near "
+              "idle (default: the profile's, 30).")
+@click.option("--runner", metavar="PATH",
+              help="ADB devices: benchmark_model binary to push, device:/path of one already there, or "
+              "'python' for edgeconv's own runner (default: the profile's).")
+@click.option("--timeout", default=3600.0, show_default=True, type=float, metavar="SECONDS",
+              help="ADB devices: longest run of one artifact (benchmark_model's --max_secs).")
 @click.option("--artifacts", "artifacts", metavar="DIR",
               help="Benchmark this build folder (with manifest.json) instead of building NAME.")
 @click.option("--out", default="build", show_default=True, help="Build folder for NAME.")
 @click.option("--weights", metavar="SPEC", help="Weights for the build (see edgeconv build).")
 @_db_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def bench(name: str | None, device: str, runtime: str | None, precisions: str | None, runs: int,
-          warmup: int, threads: int, core: int | None, artifacts: str | None, out: str,
-          weights: str | None, db: str | None, as_json: bool) -> None:
+def bench(name: str | None, device: str, serials: tuple[str, ...], runtime: str | None,
+          precisions: str | None, runs: int, warmup: int, threads: int, core: int | None,
+          cores: str | None, cooldown: float | None, runner: str | None, timeout: float,
+          artifacts: str | None, out: str, weights: str | None, db: str | None, as_json: bool) -> None:
     """Latency of NAME's artifacts: batch 1, --runs timed runs after --warmup, each runtime in its
     own process. Results are saved to the results database one by one as they are measured."""
     from .cli import warn
-
     from .store import Store
 
-    runtimes = parse_choices(runtime, RUNTIMES, "runtime")
+    runtimes = parse_choices(runtime, RUNTIMES, "runtime") if runtime else None
     precs = parse_choices(precisions, PRECISIONS, "precision")
     progress = _Progress()
     with Store(db) as store:
@@ -346,7 +461,8 @@ def bench(name: str | None, device: str, runtime: str | None, precisions: str | 
                                        warmup=warmup, threads=threads, core=core, artifacts=artifacts,
                                        out=out, weights=weights, store=store, warn=warn,
                                        on_start=progress.start, on_result=progress.result,
-                                       on_progress=progress.progress)
+                                       on_progress=progress.progress, serials=serials, cores=cores,
+                                       cooldown=cooldown, runner=runner, timeout=timeout)
         finally:
             progress.stop()
         db_path = str(store.path)
@@ -356,8 +472,12 @@ def bench(name: str | None, device: str, runtime: str | None, precisions: str | 
         from .cli import echo_json
 
         echo_json({"model": model, "device": info, "db": db_path, "results": rows})
-    else:
+    elif device == "host":
         _print_bench_table(model, info, rows, threads, db_path)
+    else:
+        for serial in dict.fromkeys(r["serial"] for r in rows):
+            one = next(o.device for o in outcomes if o.device and o.device.get("serial") == serial)
+            _print_bench_table(model, one, [r for r in rows if r["serial"] == serial], threads, db_path)
     if (summary := failure_summary(outcomes)) is not None:
         raise UserError(summary)
 
@@ -372,13 +492,51 @@ def _print_bench_table(model: str, info: dict, rows: list[dict], threads: int, d
     cols += [("runs", "runs", lambda v: "-" if v is None else str(v)), ("init_ms", "init ms", fmt_ms),
              ("first_ms", "first ms", fmt_ms), ("status", "status", str)]
     cores = next((r["cores"] for r in rows if r.get("cores")), "?")
+    where = f"{info.get('name')} ({info.get('cpu_model')})"
+    if info.get("kind") != "host":
+        where = f"{info.get('name')} [{info.get('serial')}] ({info.get('cpu_model') or '?'}, " \
+                f"{info.get('clusters_text', '?')})"
     c = console()
-    c.print(rich_table(rows, cols, title=f"{model} on {info.get('name')} ({info.get('cpu_model')}), "
+    c.print(rich_table(rows, cols, title=f"{model} on {where}, "
                        f"{threads} thread{'s' if threads > 1 else ''}, cores {cores} — times in ms"))
     overheads = [r["harness_overhead_ns"] for r in rows if r.get("harness_overhead_ns")]
     if overheads:
         c.print(f"harness overhead ≈ {min(overheads):.0f} ns per invocation; saved to {db_path}",
                 markup=False)
+    elif info.get("kind") != "host":
+        c.print(f"saved to {db_path}", markup=False)
+
+
+@click.command("devices", cls=Command)
+@click.option("--serial", "serials", multiple=True, metavar="S", help="Only this device (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def devices(serials: tuple[str, ...], as_json: bool) -> None:
+    """Attached ADB devices (phones and boards): model, SoC or board, Android or Linux version, ABI,
+    core clusters (max frequency per core) and which profile from devices/ applies."""
+    from .bench.adb import Adb
+    from .bench.android import list_devices
+
+    rows = list_devices(Adb(), serials)
+    if as_json:
+        from .cli import echo_json
+
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("no ADB devices (`adb devices` lists none): plug one in with USB debugging on, or "
+                   "`adb connect HOST:PORT`", err=True)
+        return
+    from .cli import console, warn
+    from .report import rich_table
+
+    text = lambda v: "-" if v is None else str(v)  # noqa: E731
+    cols = [(k, h, text) for k, h in (("serial", "serial"), ("state", "state"), ("model", "model"),
+                                      ("soc", "SoC / board"), ("os", "OS"), ("abi", "ABI"),
+                                      ("clusters", "cores (max GHz)"), ("profile", "profile"))]
+    console().print(rich_table(rows, cols, title="ADB devices"))
+    for r in rows:
+        if r.get("note"):
+            warn(f"{r['serial']}: {r['note']}")
 
 
 def _output_format(f):
