@@ -24,8 +24,8 @@ from edgeconv.runtimes import runtime_for  # noqa: E402
 
 def built_artifact(model: str, out: str) -> tuple[Path, str]:
     """(path, precision) of MODEL's TFLite int8 artifact, built with edgeconv's build step."""
+    from edgeconv.bench.run import read_manifest, select_targets
     from edgeconv.build import build
-    from edgeconv.cli_bench import read_manifest, select_targets
 
     manifest = build(model, formats=["tflite"], precisions=["int8"], out=out)
     folder = Path(out) / manifest.get("model", model)

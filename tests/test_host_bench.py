@@ -22,7 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 from edgeconv.bench.host import BenchJob, run_job
-from edgeconv.cli_bench import bench, ensure_artifacts
+from edgeconv.bench.run import ensure_artifacts
+from edgeconv.cli_bench import bench
 from edgeconv.errors import UserError
 from edgeconv.store import Store
 
@@ -125,7 +126,7 @@ def test_light_imports() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[] []"
     from edgeconv.bench.host import HOST_RUNTIMES
-    from edgeconv.cli_bench import RUNTIMES
+    from edgeconv.bench.run import RUNTIMES
 
     assert RUNTIMES == HOST_RUNTIMES
 

@@ -1,0 +1,335 @@
+"""Running benchmarks: ``run_bench`` and its helpers, the library behind ``edgeconv bench``.
+
+``run_bench`` picks the artifacts from a build's manifest.json (building them first when missing),
+dispatches on ``--device`` (``host`` to :mod:`edgeconv.bench.host`; ``android``, ``board`` or a profile
+from ``devices/`` to :mod:`edgeconv.bench.android`, every ADB device in parallel) and commits each
+result to the store as soon as it exists.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..devices import REMOTE_RUNTIMES  # light: no numpy, no adb
+from ..errors import ArtifactError, UserError
+from ..export import ALL_PRECISIONS as PRECISIONS
+from ..export import PRECISIONS as BUILD_MATRIX  # what `edgeconv build` makes per format
+from ..util import sha256_file
+
+if TYPE_CHECKING:  # numpy-backed modules load when a command runs: `edgeconv --help` stays fast
+    from ..bench.adb import Adb
+    from ..bench.android import DevicePlan, RemoteOptions
+    from ..devices import Profile
+    from ..store import ArtifactRecord, RunRecord, Store
+
+FORMAT_OF_RUNTIME = {"tflite": "tflite", "openvino": "openvino", "onnxruntime": "onnx"}
+RUNTIME_OF_FORMAT = {v: k for k, v in FORMAT_OF_RUNTIME.items()}
+RUNTIMES = tuple(FORMAT_OF_RUNTIME)  # == bench.host.HOST_RUNTIMES (a test keeps them equal)
+DEVICES = ("host", "android", "board")  # or the name of a profile in devices/
+
+
+@dataclass
+class Target:
+    """One artifact to benchmark with one runtime."""
+
+    artifact: ArtifactRecord
+    runtime: str
+    file: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.runtime} {self.artifact.precision}"
+
+
+@dataclass
+class Outcome:
+    target: Target
+    run: RunRecord
+    run_id: int | None
+    device: dict | None = None  # the device's record, for runs on ADB devices
+
+
+def parse_choices(value: str | Sequence[str] | None, allowed: Sequence[str], what: str) -> list[str]:
+    """'a,b' -> ['a', 'b'] (order kept, duplicates dropped); an unknown name is a user error."""
+    if value is None:
+        return list(allowed)
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for item in (i.strip().lower() for i in items):
+        if not item:
+            continue
+        if item not in allowed:
+            raise UserError(f"unknown {what} {item!r} (choose from {', '.join(allowed)})")
+        if item not in out:
+            out.append(item)
+    if not out:
+        raise UserError(f"no {what} given (choose from {', '.join(allowed)})")
+    return out
+
+
+def read_manifest(folder: str | Path) -> tuple[dict, str]:
+    """(manifest, sha256 of the manifest file) of a build folder; the hash ties a run to the exact
+    build (recipe, weights, tool versions) it measured."""
+    from ..build import MANIFEST, load_manifest  # light: no torch/TensorFlow at import
+
+    if not Path(folder).is_dir():
+        raise ArtifactError(f"{folder}: no such artifacts folder")
+    manifest = load_manifest(folder)
+    if not isinstance(manifest.get("artifacts"), list):
+        raise ArtifactError(f"{Path(folder) / MANIFEST}: no artifacts list")
+    return manifest, sha256_file(Path(folder) / MANIFEST)
+
+
+def select_targets(manifest: dict, folder: str | Path, manifest_sha: str | None,
+                   runtimes: Sequence[str], precisions: Sequence[str]) -> list[Target]:
+    """The manifest's artifacts that the requested runtimes can run at the requested precisions,
+    ordered by runtime then precision as the user listed them."""
+    from ..store import ArtifactRecord
+
+    found = []
+    for a in manifest["artifacts"]:
+        runtime = RUNTIME_OF_FORMAT.get(a.get("format"))
+        if runtime not in runtimes or a.get("precision") not in precisions:
+            continue
+        file = Path(folder) / a["path"]
+        sha = a.get("sha256") or (sha256_file(file) if file.is_file() else "")
+        art = ArtifactRecord(model=manifest.get("model", Path(folder).name), format=a["format"],
+                             precision=a["precision"], path=str(file.resolve()), sha256=sha,
+                             size_bytes=a.get("size_bytes"), manifest_sha256=manifest_sha,
+                             params=manifest.get("params"), macs=manifest.get("macs"),
+                             resolution=manifest.get("resolution"))
+        found.append(Target(art, runtime, file))
+    found.sort(key=lambda t: (runtimes.index(t.runtime), precisions.index(t.artifact.precision)))
+    return found
+
+
+def _missing(manifest: dict | None, runtimes: Sequence[str], precisions: Sequence[str],
+             folder: Path | None = None) -> list[str]:
+    """Requested format/precision pairs the build can make but the manifest does not list (or, given
+    ``folder``, whose file is gone)."""
+    have = {(a.get("format"), a.get("precision")) for a in (manifest or {}).get("artifacts", [])
+            if folder is None or (folder / a.get("path", "")).is_file()}
+    return [f"{fmt}/{p}" for fmt in (FORMAT_OF_RUNTIME[r] for r in runtimes) for p in precisions
+            if p in BUILD_MATRIX[fmt] and (fmt, p) not in have]
+
+
+def ensure_artifacts(name: str, out: str | Path, weights: str | None, runtimes: Sequence[str],
+                     precisions: Sequence[str], warn: Callable[[str], None] | None = None
+                     ) -> tuple[dict, Path, str]:
+    """The manifest of ``out/NAME``, building the missing formats/precisions first. Only a missing
+    artifact or other --weights trigger a build: a cached build still loads torch and runs parity."""
+    folder = Path(out) / (Path(name).stem if name.endswith((".yaml", ".yml")) else name)
+    try:
+        manifest, sha = read_manifest(folder)
+    except ArtifactError:
+        manifest = None
+    stale_weights = manifest is not None and weights is not None and \
+        (manifest.get("weights") or {}).get("spec") != weights
+    missing = _missing(manifest, runtimes, precisions, folder)
+    if manifest is not None and not stale_weights and not missing:
+        return manifest, folder, sha
+    try:
+        from ..build import build
+    except ImportError:
+        raise UserError(f"{folder}: no artifacts for {name}, and this edgeconv cannot build them; "
+                        "pass --artifacts DIR") from None
+    formats = sorted({FORMAT_OF_RUNTIME[r] for r in runtimes})
+    if warn:
+        why = "other --weights" if stale_weights else ", ".join(missing)
+        warn(f"building {name} first ({why}); this takes a while")
+
+    def forward(event: str, **kw) -> None:  # the build's own warnings (random weights, calibration)
+        if event == "warn" and warn:
+            warn(str(kw.get("message")))
+
+    manifest = build(name, weights=weights, formats=formats, precisions=list(precisions), out=str(out),
+                     progress=forward)
+    folder = Path(out) / manifest.get("model", folder.name)
+    manifest, sha = read_manifest(folder)
+    return manifest, folder, sha
+
+
+def _bench_host(targets: list[Target], *, runs: int, warmup: int, threads: int, core: int | None,
+                on_result: Callable[[Target, RunRecord], None],
+                on_progress: Callable[[Target, str, int, int], None] | None) -> None:
+    from ..bench.host import BenchJob, bench_host
+
+    jobs = [BenchJob(path=str(t.file), runtime=t.runtime, precision=t.artifact.precision,
+                     threads=threads, warmup=warmup, runs=runs, core=core, label=t.label)
+            for t in targets]
+    by_job = {id(j): t for j, t in zip(jobs, targets, strict=True)}
+    bench_host(jobs, on_result=lambda j, rec: on_result(by_job[id(j)], rec),
+               on_progress=(lambda j, *a: on_progress(by_job[id(j)], *a)) if on_progress else None)
+
+
+def device_info(device: str) -> dict:
+    """The device record of the host (ADB devices describe themselves in bench.android)."""
+    if device == "host":
+        from ..sysinfo import host_info
+
+        return host_info()
+    raise UserError(f"--device {device}: not a local device (use --device host)")
+
+
+@dataclass
+class RemoteRequest:
+    """What ``--device android|board|PROFILE`` needs beyond the host options."""
+
+    profile: Profile | None  # None for plain android/board
+    plans: list[DevicePlan]
+    adb: Adb
+
+
+def _remote_request(device: str, runtimes: Sequence[str], core: int | None, cores: str | None,
+                    serials: Sequence[str], adb: Adb | None) -> RemoteRequest:
+    """Validate the options of an ADB benchmark and find its devices (before any build)."""
+    from ..bench.adb import Adb
+    from ..bench.android import plan_devices
+    from ..devices import check_cores, find_profile
+
+    bad = [r for r in runtimes if r not in REMOTE_RUNTIMES]
+    if bad:
+        raise UserError(f"--device {device} runs {' and '.join(REMOTE_RUNTIMES)} only, not {bad[0]}")
+    if core is not None:
+        raise UserError("--core is for --device host; on ADB devices use --cores big|little|all|MASK")
+    if cores is not None:
+        check_cores(cores)
+    profile = None if device in DEVICES else find_profile(device)
+    adb = adb or Adb()
+    return RemoteRequest(profile, plan_devices(adb, serials, profile), adb)
+
+
+def _bench_remote(request: RemoteRequest, targets: list[Target], store: Store | None, opts: RemoteOptions,
+                  on_result: Callable[[Outcome], None] | None,
+                  on_progress: Callable[[Target, str, int, int], None] | None,
+                  warn: Callable[[str], None] | None) -> tuple[dict, list[Outcome]]:
+    from ..bench.android import bench_remote, record_result
+
+    infos: dict[str, dict] = {}
+    ids: dict[str, int | None] = {}
+    outcomes: list[Outcome] = []
+
+    def on_device(serial: str, info: dict) -> None:
+        infos[serial] = info
+        ids[serial] = store.upsert_device(info) if store else None
+
+    def record(serial: str, target: Target, rec: RunRecord) -> None:
+        run_id = record_result(store, ids[serial], target.artifact, rec) if store else None
+        outcomes.append(Outcome(target, rec, run_id, infos[serial]))
+        if on_result:
+            on_result(outcomes[-1])
+
+    bench_remote(targets, request.plans, opts, adb=request.adb, on_device=on_device, on_result=record,
+                 on_progress=(lambda serial, t, phase: on_progress(t, f"{phase} on {serial}", 0, 1))
+                 if on_progress else None, warn=warn)
+    found = [infos[p.serial] for p in request.plans if p.serial in infos]
+    info = found[0] if len(found) == 1 else {"kind": "android", "name": f"{len(found)} devices",
+                                             "cpu_model": "ADB", "devices": found}
+    return info, outcomes
+
+
+def run_bench(name: str | None, device: str = "host", *, runtimes: Sequence[str] | None = None,
+              precisions: Sequence[str] = PRECISIONS, runs: int = 1000, warmup: int = 50,
+              threads: int = 1, core: int | None = None, artifacts: str | Path | None = None,
+              out: str | Path = "build", weights: str | None = None, store: Store | None = None,
+              on_start: Callable[[list[Target]], None] | None = None,
+              on_result: Callable[[Outcome], None] | None = None,
+              on_progress: Callable[[Target, str, int, int], None] | None = None,
+              warn: Callable[[str], None] | None = None, serials: Sequence[str] = (),
+              cores: str | None = None, cooldown: float | None = None, runner: str | None = None,
+              timeout: float = 3600.0, reconnect_timeout: float = 30.0, adb: Adb | None = None
+              ) -> tuple[dict, list[Outcome]]:
+    """Benchmark the artifacts of ``name`` (or of the ``artifacts`` folder) on ``device``: ``host``,
+    ``android``/``board`` (every attached ADB device, or ``serials``) or a profile name.
+    Each result goes to ``store`` in its own transaction as soon as it exists.
+    Returns (device info, outcomes); failed artifacts are outcomes with status 'failed'."""
+    if runs < 1 or warmup < 0 or threads < 1:
+        raise UserError("--runs and --threads must be at least 1, --warmup at least 0")
+    if cooldown is not None and cooldown < 0 or timeout <= 0:
+        raise UserError("--cooldown must be at least 0 and --timeout more than 0")
+    request: RemoteRequest | None = None
+    if device == "host":
+        if serials or cores or cooldown is not None or runner:
+            raise UserError("--serial, --cores, --cooldown and --runner are for ADB devices "
+                            "(--device android, board or a profile)")
+        runtimes = list(runtimes or RUNTIMES)
+        info = device_info(device)
+    else:
+        runtimes = list(runtimes or ("tflite",))
+        request = _remote_request(device, runtimes, core, cores, serials, adb)
+        info = {}
+    if artifacts is not None:
+        manifest, sha = read_manifest(artifacts)
+        folder = Path(artifacts)
+    elif name:
+        manifest, folder, sha = ensure_artifacts(name, out, weights, runtimes, precisions, warn)
+    else:
+        raise UserError("give a model NAME or --artifacts DIR")
+    if name and artifacts is not None and manifest.get("model") not in (None, name, Path(name).stem):
+        raise UserError(f"--artifacts {artifacts} holds {manifest.get('model')}, not {name}")
+    targets = select_targets(manifest, folder, sha, runtimes, precisions)
+    if not targets:
+        raise UserError(f"{folder}: no artifacts for --runtime {','.join(runtimes)} "
+                        f"--precisions {','.join(precisions)}")
+    if warn and artifacts is not None and (gaps := _missing(manifest, runtimes, precisions)):
+        warn(f"{folder} has no {', '.join(gaps)} artifacts; benchmarking the others")
+    if request is not None:
+        from ..bench.android import RemoteOptions
+
+        if on_start:
+            on_start(targets * len(request.plans))
+        opts = RemoteOptions(runs=runs, warmup=warmup, threads=threads, cores=cores, cooldown=cooldown,
+                             runner=runner, timeout_s=timeout, reconnect_timeout_s=reconnect_timeout)
+        return _bench_remote(request, targets, store, opts, on_result=on_result, on_progress=on_progress,
+                             warn=warn)
+    device_id = store.upsert_device(info) if store else None
+    if on_start:
+        on_start(targets)
+    outcomes: list[Outcome] = []
+
+    def record(target: Target, rec: RunRecord) -> None:
+        run_id = store.record_run(device_id, target.artifact, rec) if store else None
+        outcomes.append(Outcome(target, rec, run_id))
+        if on_result:
+            on_result(outcomes[-1])
+
+    _bench_host(targets, runs=runs, warmup=warmup, threads=threads, core=core, on_result=record,
+                on_progress=on_progress)
+    return info, outcomes
+
+
+def outcome_label(o: Outcome) -> str:
+    """``tflite int8``, prefixed with the device's serial for ADB devices."""
+    return f"{o.device.get('serial')} {o.target.label}" if o.device else o.target.label
+
+
+def failure_summary(outcomes: Sequence[Outcome]) -> str | None:
+    """One line for the exit error when some benchmarks failed (their rows are already stored)."""
+    failed = [o for o in outcomes if o.run.status != "ok"]
+    if not failed:
+        return None
+    first = f"{outcome_label(failed[0])}: {failed[0].run.error}"
+    return first if len(outcomes) == 1 else f"{len(failed)} of {len(outcomes)} benchmarks failed; {first}"
+
+
+def outcome_row(o: Outcome) -> dict:
+    """Flat, JSON-able summary of one outcome (what the table and --json show). Runs measured by
+    benchmark_model carry only its aggregates (no p90/p99)."""
+    from ..bench.stats import TimingStats, summarize
+
+    r, a = o.run, o.target.artifact
+    stats = dict.fromkeys(TimingStats.__dataclass_fields__)  # same keys, null, for a failed run
+    if r.timings_ns:
+        stats = summarize(r.timings_ns).as_ms()
+    elif r.status == "ok" and (summary := r.extra.get("summary")):
+        stats.update(count=summary["count"], mean=summary["mean_ms"], median=summary["median_ms"],
+                     min=summary["min_ms"], max=summary["max_ms"], std=summary["std_ms"])
+    device = {"device": o.device.get("name"), "serial": o.device.get("serial")} if o.device else {}
+    return {**device, "runtime": r.runtime, "runtime_version": r.runtime_version, "format": a.format,
+            "precision": a.precision, "path": a.path, "size_bytes": a.size_bytes, "status": r.status,
+            "error": r.error, "run_id": o.run_id, "threads": r.threads, "cores": r.cores,
+            **{f"{k}_ms" if k != "count" else "runs": v for k, v in stats.items()},
+            "init_ms": r.init_ms, "first_ms": r.first_ms, "harness_overhead_ns": r.harness_overhead_ns,
+            "temp_before_c": r.temp_before_c, "temp_after_c": r.temp_after_c}
