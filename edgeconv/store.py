@@ -279,12 +279,15 @@ class Store:
 
     def record_run(self, device_id: int, artifact: ArtifactRecord, run: RunRecord) -> int:
         """Store one benchmark result (artifact row, run row, statistics) in one transaction and
-        commit it; returns the run id."""
+        commit it; returns the run id. An ok run needs its raw timings, or, for tools that print only
+        aggregates (benchmark_model, benchmark_app), ``run.extra["summary"]`` with count, mean_ms,
+        median_ms (may be None), min_ms, max_ms and std_ms, stored as printed (no p90/p99, no blob)."""
         if run.status not in ("ok", "failed"):
             raise ValueError(f"run status must be 'ok' or 'failed', not {run.status!r}")
         timings = np.asarray(run.timings_ns if run.timings_ns is not None else [], dtype=np.int64)
-        if run.status == "ok" and timings.size == 0:
-            raise ValueError("an ok run needs its timings")
+        summary = (run.extra or {}).get("summary") if timings.size == 0 else None
+        if run.status == "ok" and timings.size == 0 and not summary:
+            raise ValueError("an ok run needs its timings (or the runner's printed summary)")
         with self.transaction() as c:
             artifact_id = self._upsert_artifact(c, artifact)
             run_id = int(c.execute(
@@ -293,12 +296,15 @@ class Store:
                 "temp_before_c, temp_after_c, raw_log, harness_overhead_ns, extra) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
                 (device_id, artifact_id, run.runtime, run.runtime_version, run.threads, run.cores,
-                 run.warmup, run.runs_requested, int(timings.size), run.started_at,
+                 run.warmup, run.runs_requested, int(summary["count"]) if summary else int(timings.size),
+                 run.started_at,
                  run.finished_at or now_iso(), run.status, run.error, run.temp_before_c,
                  run.temp_after_c, run.raw_log, run.harness_overhead_ns, _json(run.extra or None)),
             ).fetchone()[0])
-            if timings.size or run.init_ms is not None:
+            if timings.size or summary or run.init_ms is not None:
                 ms = summarize(timings).as_ms() if timings.size else {}
+                if summary:
+                    ms = {k: summary.get(f"{k}_ms") for k in ("mean", "median", "min", "max", "std")}
                 c.execute(
                     "INSERT INTO run_stats (run_id, mean_ms, median_ms, p90_ms, p99_ms, min_ms, max_ms, "
                     "std_ms, init_ms, first_ms, timings) VALUES (?,?,?,?,?,?,?,?,?,?,?)",

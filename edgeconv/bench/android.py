@@ -28,7 +28,6 @@ artifact retried once), truncated output.
 """
 from __future__ import annotations
 
-import json
 import queue
 import re
 import tempfile
@@ -705,28 +704,9 @@ def bench_remote(targets: Sequence[Any], plans: Sequence[DevicePlan], opts: Remo
 
 
 def record_result(store: Store, device_id: int, artifact: ArtifactRecord, run: RunRecord) -> int:
-    """Store one result in one transaction. A run with raw timings (the Python runner) goes through
-    :meth:`Store.record_run`; benchmark_model and benchmark_app print only aggregates, which are
-    stored as printed (mean, median when printed, min, max, std; no p90/p99, no timings blob)."""
-    if run.status != "ok" or run.timings_ns:
-        return store.record_run(device_id, artifact, run)
-    s = run.extra["summary"]
-    with store.transaction() as c:
-        artifact_id = store._upsert_artifact(c, artifact)
-        run_id = int(c.execute(
-            "INSERT INTO runs (device_id, artifact_id, runtime, runtime_version, threads, cores, warmup, "
-            "runs_requested, runs_actual, started_at, finished_at, status, error, temp_before_c, "
-            "temp_after_c, raw_log, harness_overhead_ns, extra) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
-            (device_id, artifact_id, run.runtime, run.runtime_version, run.threads, run.cores, run.warmup,
-             run.runs_requested, s["count"], run.started_at, run.finished_at or now_iso(), run.status,
-             run.error, run.temp_before_c, run.temp_after_c, run.raw_log, run.harness_overhead_ns,
-             json.dumps(run.extra, sort_keys=True))).fetchone()[0])
-        c.execute("INSERT INTO run_stats (run_id, mean_ms, median_ms, min_ms, max_ms, std_ms, init_ms, "
-                  "first_ms) VALUES (?,?,?,?,?,?,?,?)",
-                  (run_id, s["mean_ms"], s["median_ms"], s["min_ms"], s["max_ms"], s["std_ms"], run.init_ms,
-                   run.first_ms))
-    return run_id
+    """Store one result in one transaction. A run with raw timings (the Python runner) keeps them;
+    benchmark_model and benchmark_app print only aggregates, stored as printed (``extra["summary"]``)."""
+    return store.record_run(device_id, artifact, run)
 
 
 def list_devices(adb: Adb, serials: Sequence[str] = (), profiles: Sequence[Profile] | None = None
