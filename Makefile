@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 export EDGECONV_SAMPLE ?= $(SHARED)/data/imagenet-sample
 
-.PHONY: install test lint clean paper bench-build
+.PHONY: install test lint clean paper bench-build fixtures
 
 install: $(BIN)/edgeconv
 
@@ -13,7 +13,11 @@ $(BIN)/edgeconv: pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
 	touch $@
 
-test: install
+# a real trained swish+SE model for the accuracy gate: tinynet-e on scikit-learn's digits (~1 min)
+fixtures: install
+	$(BIN)/python tools/train_digits.py --out build/fixtures
+
+test: install fixtures
 	$(BIN)/pytest -q
 
 lint: install

@@ -33,6 +33,8 @@ FP32_TOLERANCE = 1e-3  # max |diff| relative to the reference logit range
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "tensorflow-cpu", "ai-edge-litert", "openvino", "nncf")
 
 Progress = Callable[..., None]
+# what shapes an int8 artifact beyond its calibration images (part of its cache key)
+INT8_SCHEME = {"tflite": "histogram-mse ranges", "openvino": "mixed, per-tensor activations, histogram ranges"}
 
 
 def _quiet(event: str, **kw: Any) -> None:
@@ -203,6 +205,7 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
         k = dict(base_key, format=fmt, precision=prec)
         if prec == "int8":
             k["calib"] = calib_key
+            k["int8_scheme"] = INT8_SCHEME[fmt]  # a new range estimator must not reuse old artifacts
             if fmt == "tflite":
                 k["int8_io"] = int8_io
         return sha256_text(json.dumps(k, sort_keys=True))
@@ -232,7 +235,7 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
                  "size_bytes": size, "sha256": sha256_file(path), "key": key_for(fmt, prec), "base": base_hash,
                  "ops": info.get("ops", {}), "parity": par_result, "parity_ok": ok,
                  "seconds": round(seconds, 3), "cached": False}
-        for extra in ("float_islands", "transpose_ops", "int8_io"):
+        for extra in ("float_islands", "transpose_ops", "int8_io", "ranges"):
             if extra in info:
                 entry[extra] = info[extra]
         if prec == "int8":  # each int8 artifact remembers what it was calibrated on
@@ -302,3 +305,45 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
     steps["total"] = round(time.perf_counter() - t0, 3)
     state.save()
     return manifest
+
+
+def replace_artifact(out: str | Path, fmt: str, precision: str, src: str | Path, model,
+                     extra: dict[str, Any]) -> dict[str, Any]:
+    """Put ``src`` (e.g. an int8 model with some ops kept in float, see ``edgeconv.quant``) in place
+    of the manifest's ``fmt/precision`` artifact in ``out`` (the model's build folder): the file is
+    moved over the old one, hashed, parity-checked against ``model`` (the PyTorch reference) and its
+    manifest entry updated with ``extra``. The entry keeps its cache key (same recipe, weights and
+    calibration), so later builds reuse the replacement; ``build --force`` rebuilds the plain one."""
+    import os
+
+    from .data import calibration_set
+    from .recipe import Preprocess
+    from .runtimes import open_runner
+    from .runtimes.pytorch import TorchRunner
+
+    folder, src = Path(out), Path(src)
+    manifest = load_manifest(folder)
+    entry = next((a for a in manifest["artifacts"] if (a["format"], a["precision"]) == (fmt, precision)), None)
+    if entry is None:
+        raise ArtifactError(f"{folder / MANIFEST}: no {fmt}/{precision} artifact to replace")
+    dest = folder / entry["path"]
+    if fmt == "openvino":  # the .bin first: an .xml must never point at a missing or foreign .bin
+        os.replace(src.with_suffix(".bin"), dest.with_suffix(".bin"))
+    os.replace(src, dest)
+    par = calibration_set(None, manifest["resolution"], Preprocess(**manifest["input"]["preprocess"]),
+                          size=PARITY_IMAGES, seed=1)
+    runner = open_runner(dest, runtime_of(fmt), threads=2)
+    size = dest.stat().st_size + (dest.with_suffix(".bin").stat().st_size if fmt == "openvino" else 0)
+    if fmt == "tflite":
+        from .export.tflite import float_islands, tflite_op_counts
+
+        ops, extra = tflite_op_counts(dest), dict(extra, float_islands=float_islands(dest))
+    else:
+        from .export.openvino import openvino_op_counts
+
+        ops = openvino_op_counts(dest)
+    new = dict(entry, **extra, sha256=sha256_file(dest), size_bytes=size, ops=ops, cached=False,
+               parity=parity(TorchRunner(model).run(par.inputs), runner.run(par.inputs)), parity_ok=True)
+    manifest["artifacts"] = [new if a is entry else a for a in manifest["artifacts"]]
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
+    return new

@@ -27,6 +27,24 @@ def _save_ir(model, xml_out: Path, compress_to_fp16: bool) -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+def int8_parameters(subset_size: int) -> dict:
+    """``nncf.quantize`` keyword arguments for int8 (also used by the accuracy-control fallback).
+
+    MIXED = symmetric per-channel weights, asymmetric activations (swish outputs are not centred on
+    0). Activations per tensor: NNCF's CPU default quantizes depthwise-conv inputs per channel, and
+    per-channel min/max from a few hundred images clips channels that real data drives further
+    (EfficientNet-Lite0 on the bundled photos: -2.8 pt vs -0.8 pt top-1). Ranges from NNCF's
+    histogram estimator (MSE-optimal per tensor) rather than the mean of per-image min/max."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    return {"preset": nncf.QuantizationPreset.MIXED, "subset_size": subset_size,
+            "advanced_parameters": AdvancedQuantizationParameters(
+                activations_quantization_params=QuantizationParameters(per_channel=False),
+                activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM)}
+
+
 def convert_openvino(onnx_path: str | Path, xml_out: str | Path, precision: str,
                      calib_inputs: np.ndarray | None = None, activation: str = "swish") -> dict:
     import openvino as ov
@@ -39,9 +57,7 @@ def convert_openvino(onnx_path: str | Path, xml_out: str | Path, precision: str,
         if calib_inputs is None:
             raise ValueError("int8 needs calibration inputs")
         data = nncf.Dataset([calib_inputs[i:i + 1] for i in range(len(calib_inputs))])
-        # MIXED = symmetric weights, asymmetric activations: swish outputs are not centred on 0
-        model = nncf.quantize(model, data, preset=nncf.QuantizationPreset.MIXED,
-                              subset_size=len(calib_inputs))
+        model = nncf.quantize(model, data, **int8_parameters(len(calib_inputs)))
     _save_ir(model, xml_out, compress_to_fp16=precision == "fp16")
     return {"ops": openvino_op_counts(xml_out)}
 

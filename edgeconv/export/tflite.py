@@ -121,6 +121,34 @@ def _configure(converter, tf, precision: str, calib: np.ndarray | None, int8_io:
     # "dynamic": Optimize.DEFAULT without a representative dataset = int8 weights, float activations
 
 
+def calibrate_only(converter) -> bytes:
+    """Run the converter (configured for int8) up to calibration: a float model whose tensors
+    carry the calibrator's min/max, the input of :func:`quantize_calibrated`. Quantizing it
+    without changes gives what ``converter.convert()`` gives."""
+    converter._experimental_calibrate_only = True
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs", category=UserWarning)
+        return converter.convert()
+
+
+def quantize_calibrated(calibrated: bytes, int8_io: bool = False, float_nodes: list[str] | None = None,
+                        numeric_verify: bool = False) -> bytes:
+    """The int8 model of a :func:`calibrate_only` model: per-channel weights, float (or int8) I/O;
+    the ops whose output tensors are named in ``float_nodes`` stay in float. ``numeric_verify``
+    adds the NumericVerify ops of ``tf.lite.experimental.QuantizationDebugger``."""
+    from tensorflow.lite.python import convert
+
+    tf = _import_tf()
+    io_type = tf.int8 if int8_io else tf.float32
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs", category=UserWarning)
+        data = convert.mlir_quantize(calibrated, disable_per_channel=False,
+                                     input_data_type=io_type, output_data_type=io_type,
+                                     enable_numeric_verify=numeric_verify,
+                                     denylisted_nodes=list(float_nodes) if float_nodes else None)
+    return data if numeric_verify else convert.deduplicate_readonly_buffers(data)
+
+
 def _write_atomic(data: bytes, out_path: Path) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
@@ -136,13 +164,20 @@ def _write_atomic(data: bytes, out_path: Path) -> None:
         raise
 
 
+INT8_RANGES = ("histogram", "minmax")
+
+
 def convert_tflite(keras_model, out_path: str | os.PathLike, precision: str,
-                   calib_inputs_nhwc: np.ndarray | None = None, int8_io: bool = False) -> dict[str, Any]:
+                   calib_inputs_nhwc: np.ndarray | None = None, int8_io: bool = False,
+                   ranges: str = "histogram", float_nodes: list[str] | None = None) -> dict[str, Any]:
     """Convert ``keras_model`` (NHWC, static H x W) to a .tflite file with batch 1.
 
     ``precision``: ``fp32``; ``fp16`` (float16 weights); ``dynamic`` (int8 weights, float
     activations); ``int8`` (full integer, per-channel weights, calibrated on ``calib_inputs_nhwc``,
     N x H x W x 3 float32, builtin int8 ops only; float input/output unless ``int8_io``).
+    int8 activation ``ranges``: ``histogram`` (MSE-optimal range of each activation's histogram
+    over the calibration images, :func:`edgeconv.quant.refine_tflite_ranges`) or ``minmax`` (the
+    converter's own); ``float_nodes`` (op output tensor names) stay in float.
     The file is written atomically. Returns path, precision, size, conversion seconds, op counts
     and the I/O dtypes."""
     if precision not in PRECISIONS:
@@ -163,7 +198,15 @@ def convert_tflite(keras_model, out_path: str | os.PathLike, precision: str,
             # batch size comes from the model's input (build it with batch_size=1).
             converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
             _configure(converter, tf, precision, calib, int8_io)
-            data = converter.convert()
+            if precision == "int8":
+                calibrated = calibrate_only(converter)
+                if ranges == "histogram":
+                    from ..quant import refine_tflite_ranges
+
+                    calibrated, _ = refine_tflite_ranges(calibrated, calib)
+                data = quantize_calibrated(calibrated, int8_io, float_nodes)
+            else:
+                data = converter.convert()
         except Exception as e:
             tail = _log_tail(log())
             raise TFLiteConversionError(f"TFLite conversion ({precision}) failed: "
@@ -179,6 +222,7 @@ def convert_tflite(keras_model, out_path: str | os.PathLike, precision: str,
         "bytes": len(data),
         "seconds": round(seconds, 3),
         "calib_size": 0 if calib is None else len(calib),
+        **({"ranges": ranges} if precision == "int8" else {}),
         "input_dtype": info["input_dtype"],
         "output_dtype": info["output_dtype"],
         "input_shape": info["input_shape"],

