@@ -34,7 +34,8 @@ TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "tensorflow-cpu", "ai-edg
 
 Progress = Callable[..., None]
 # what shapes an int8 artifact beyond its calibration images (part of its cache key)
-INT8_SCHEME = {"tflite": "histogram-mse ranges", "openvino": "mixed, per-tensor activations, histogram ranges"}
+INT8_SCHEME = {"tflite": "histogram-mse ranges, sampled; bias correction",
+               "openvino": "mixed, per-tensor activations, histogram ranges"}
 
 
 def _quiet(event: str, **kw: Any) -> None:
@@ -235,7 +236,7 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
                  "size_bytes": size, "sha256": sha256_file(path), "key": key_for(fmt, prec), "base": base_hash,
                  "ops": info.get("ops", {}), "parity": par_result, "parity_ok": ok,
                  "seconds": round(seconds, 3), "cached": False}
-        for extra in ("float_islands", "transpose_ops", "int8_io", "ranges"):
+        for extra in ("float_islands", "transpose_ops", "int8_io", "ranges", "bias_correction"):
             if extra in info:
                 entry[extra] = info[extra]
         if prec == "int8":  # each int8 artifact remembers what it was calibrated on
@@ -276,19 +277,20 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
     tfl = [p for f, p in wanted if f == "tflite"]
     tfl_todo = [p for p in tfl if not reuse("tflite", p)]
     if tfl_todo:
-        from .export.tflite import convert_tflite
+        from .export.tflite import SavedModel, convert_tflite
         from .models.keras_model import keras_from_torch
 
-        with step("keras twin"):
-            kmodel = keras_from_torch(model)
-        for prec in tfl_todo:
-            label = f"tflite/{prec}"
-            with step(label):
-                t = time.perf_counter()
-                calib_nhwc = calib_set.inputs.transpose(0, 2, 3, 1) if prec == "int8" else None
-                info = convert_tflite(kmodel, folder / artifact_relpath(recipe.name, "tflite", prec), prec,
-                                      calib_inputs_nhwc=calib_nhwc, int8_io=int8_io and prec == "int8")
-            record("tflite", prec, info, time.perf_counter() - t)
+        with step("keras twin"):  # built and exported once for every precision
+            saved = SavedModel(keras_from_torch(model))
+        with saved:
+            for prec in tfl_todo:
+                label = f"tflite/{prec}"
+                with step(label):
+                    t = time.perf_counter()
+                    calib_nhwc = calib_set.inputs.transpose(0, 2, 3, 1) if prec == "int8" else None
+                    info = convert_tflite(saved, folder / artifact_relpath(recipe.name, "tflite", prec), prec,
+                                          calib_inputs_nhwc=calib_nhwc, int8_io=int8_io and prec == "int8")
+                record("tflite", prec, info, time.perf_counter() - t)
 
     # ---- OpenVINO IR from the ONNX file ----
     for prec in [p for f, p in wanted if f == "openvino"]:

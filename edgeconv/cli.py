@@ -258,7 +258,6 @@ def build_cmd(name, weights, formats, precisions, calib, calib_size, int8_io, ou
 
 
 from .cli_bench import bench, devices, report, results  # noqa: E402
-
 from .cli_eval import check_cmd, eval_cmd  # noqa: E402
 
 cli.add_command(eval_cmd)

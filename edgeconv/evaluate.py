@@ -506,7 +506,13 @@ def check(name: str, data: str | Path, *, weights: str | None = None, out: str |
         step = f"{fmt}/int8 float fallback"
         progress("start", step=step)
         t = time.perf_counter()
-        fb = float_fallback(ev, fmt, max_drop, calib, calib_size, threads, latency_runs, progress)
+        try:
+            fb = float_fallback(ev, fmt, max_drop, calib, calib_size, threads, latency_runs, progress)
+        except Exception as e:  # a converter/NNCF failure must not hide the verdict
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            progress("warn", message=f"{fmt}/int8 float fallback failed ({type(e).__name__}: {first}); "
+                                     "the int8 artifact is unchanged")
+            continue
         fallbacks.append(fb)
         progress("done", step=step, seconds=time.perf_counter() - t)
         if not fb.reached:
@@ -515,6 +521,7 @@ def check(name: str, data: str | Path, *, weights: str | None = None, out: str |
                                      f"{fb.drop_after:.1f} pt, not {max_drop:g}; the int8 artifact is unchanged")
             continue
         details = {k: v for k, v in fb.to_dict().items() if k not in ("path", "format", "nodes")}
+        details["calibration"] = {k: v for k, v in fb.calibration.items() if k != "ranking"}
         details.update(dataset=ev.dataset, n=ev.n)
         entry = replace_artifact(ev.folder, fmt, "int8", fb.path, ev.torch_model,
                                  {"float_fallback": fb.float_ops, "fallback": details})

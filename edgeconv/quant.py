@@ -1,10 +1,7 @@
 """Robust int8: calibrated activation ranges, and the float fallback of ``edgeconv check``.
 
-Ranges. TFLite's calibrator keeps the global min/max of every activation over the calibration set.
-:func:`refine_tflite_ranges` replaces them, before the quantizer runs, with the range that
-minimises the expected quantization error (clipping + rounding) of the tensor's histogram over the
-same calibration images — the "histogram" estimator NNCF and TensorRT use. Graph inputs and
-outputs keep min-max (clipping logits would change the argmax). OpenVINO gets NNCF's own histogram
+Ranges. TFLite int8 activation ranges are MSE-optimal ranges of each activation's histogram over
+the calibration images (:mod:`edgeconv.export.ranges`); OpenVINO gets NNCF's own histogram
 estimator (:func:`edgeconv.export.openvino.int8_parameters`).
 
 Float fallback. When an int8 artifact's top-1 drop is over the limit, the ops that do the damage
@@ -24,106 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-HIST_BINS = 2048
-LEVELS = 256  # int8 activations
-
-
-# ----------------------------------------------------------------------------------------------
-# Histogram ranges
-# ----------------------------------------------------------------------------------------------
-def mse_range(counts: np.ndarray, lo: float, hi: float, levels: int = LEVELS, rounds: int = 3,
-              grid: int = 128) -> tuple[float, float]:
-    """The [lo', hi'] within [lo, hi] that minimises the expected squared quantization error of
-    values distributed as ``counts`` (equal bins over [lo, hi]) with ``levels`` levels: clipping
-    error outside, step²/12 inside. Coordinate descent over a grid of each bound. A lower bound of
-    0 or more (ReLU, sigmoid outputs) is kept: it costs nothing to represent."""
-    counts = np.asarray(counts, np.float64)
-    total = counts.sum()
-    if total <= 0 or hi <= lo:
-        return lo, hi
-    edges = np.linspace(lo, hi, len(counts) + 1)
-    centers = (edges[:-1] + edges[1:]) / 2
-    cdf = np.cumsum(counts) / total
-
-    def quantile(q: float) -> float:
-        return float(centers[min(np.searchsorted(cdf, q), len(centers) - 1)])
-
-    def mse(los: np.ndarray, his: np.ndarray) -> np.ndarray:
-        step = (his - los) / (levels - 1)
-        v = centers[None, :]
-        below = np.clip(los[:, None] - v, 0, None)
-        above = np.clip(v - his[:, None], 0, None)
-        inside = (v >= los[:, None]) & (v <= his[:, None])
-        err = below ** 2 + above ** 2 + inside * (step[:, None] ** 2 / 12)
-        return err @ counts
-
-    best_lo, best_hi = lo, hi
-    mid = quantile(0.5)
-    for _ in range(rounds):
-        his = np.linspace(max(mid, best_lo + 1e-6 * (hi - lo)), hi, grid)
-        best_hi = float(his[np.argmin(mse(np.full(grid, best_lo), his))])
-        if lo < 0:
-            los = np.linspace(lo, min(mid, best_hi - 1e-6 * (hi - lo)), grid)
-            best_lo = float(los[np.argmin(mse(los, np.full(grid, best_hi)))])
-    return best_lo, best_hi
-
-
-def _pack_tflite(model) -> bytes:
-    import flatbuffers
-
-    builder = flatbuffers.Builder(1 << 20)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def _float_interpreter(model_content: bytes):
-    """A reference-kernel interpreter that keeps every intermediate tensor readable."""
-    from ai_edge_litert import interpreter as litert
-
-    it = litert.Interpreter(model_content=model_content, experimental_preserve_all_tensors=True,
-                            experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it.allocate_tensors()
-    return it
-
-
-def refine_tflite_ranges(calibrated: bytes, inputs_nhwc: np.ndarray) -> tuple[bytes, dict[str, tuple]]:
-    """Replace the calibrator's min/max of every inner activation of ``calibrated`` (a model from
-    ``TFLiteConverter`` with ``_experimental_calibrate_only``) by its MSE-optimal range over
-    ``inputs_nhwc``. Returns the new model and {tensor name: ((min, max), (lo, hi))}."""
-    from .export.tflite import _schema
-
-    schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(calibrated, 0)
-    sg = model.subgraphs[0]
-    boundary = set(sg.inputs.tolist()) | set(sg.outputs.tolist())
-    targets = {}
-    for i, t in enumerate(sg.tensors):
-        q = t.quantization
-        if i in boundary or q is None or q.min is None or q.max is None or len(q.min) != 1:
-            continue
-        lo, hi = float(q.min[0]), float(q.max[0])
-        if hi > lo:
-            targets[i] = (lo, hi)
-    hists = {i: np.zeros(HIST_BINS, np.int64) for i in targets}
-    it = _float_interpreter(calibrated)
-    inp = it.get_input_details()[0]["index"]
-    for x in np.asarray(inputs_nhwc, np.float32):
-        it.set_tensor(inp, x[None])
-        it.invoke()
-        for i, (lo, hi) in targets.items():
-            v = it.get_tensor(i).ravel()
-            idx = np.clip(((v - lo) * (HIST_BINS / (hi - lo))).astype(np.int64), 0, HIST_BINS - 1)
-            hists[i] += np.bincount(idx, minlength=HIST_BINS)
-    changed = {}
-    for i, (lo, hi) in targets.items():
-        new_lo, new_hi = mse_range(hists[i], lo, hi)
-        t = sg.tensors[i]
-        t.quantization.min = np.array([new_lo], np.float32)
-        t.quantization.max = np.array([new_hi], np.float32)
-        changed[(t.name or b"").decode("utf-8", "replace")] = ((lo, hi), (new_lo, new_hi))
-    return _pack_tflite(model), changed
-
 
 # ----------------------------------------------------------------------------------------------
 # Readable layer names: the PyTorch module path of a TFLite tensor or an ONNX/OpenVINO node
@@ -253,7 +150,7 @@ def _consumers(calibrated: bytes) -> dict[str, list[str]]:
     return out
 
 
-def rank_tflite_layers(calibrated: bytes, held_aside_nhwc: np.ndarray, int8_io: bool = False) -> list[dict]:
+def rank_tflite_layers(calibrated, held_aside_nhwc: np.ndarray, int8_io: bool = False) -> list[dict]:
     """Every quantized op output of ``calibrated``, most damaged first, from ``tf.lite.experimental.
     QuantizationDebugger``'s per-layer statistics on the held-aside images: the int8 op vs the float
     op on the same int8 input, ranked by :func:`channel_nsr` (``rmse_per_step``, RMSE in units of the
@@ -262,7 +159,7 @@ def rank_tflite_layers(calibrated: bytes, held_aside_nhwc: np.ndarray, int8_io: 
     import csv
     import io
 
-    from .export.tflite import _captured_output, _import_tf, quantize_calibrated
+    from .export.tflite import Calibrated, _captured_output, _import_tf, quantize_calibrated
 
     tf = _import_tf()
     options = tf.lite.experimental.QuantizationDebugOptions(layer_direct_compare_metrics={"nsr": channel_nsr})
@@ -276,11 +173,12 @@ def rank_tflite_layers(calibrated: bytes, held_aside_nhwc: np.ndarray, int8_io: 
         dbg.run()
         buf = io.StringIO()
         dbg.layer_statistics_dump(buf)
-    readers = _consumers(calibrated)
+    readers = _consumers(calibrated.model if isinstance(calibrated, Calibrated) else calibrated)
     rows = []
     for r in csv.DictReader(io.StringIO(buf.getvalue())):
         scale, name = float(r["scale"]), r["tensor_name"]
-        rows.append({"node": name, "op": r["op_name"], "layer": tflite_layer(name),
+        layer = tflite_layer(name)
+        rows.append({"node": name, "op": r["op_name"], "layer": layer if layer != name else f"{r['op_name']} {name}",
                      "nsr": round(float(r["nsr"]), 4),
                      "rmse_per_step": round(float(np.sqrt(float(r["mean_squared_error"])) / scale), 4)
                      if scale > 0 else None,
@@ -309,14 +207,7 @@ def tflite_fallback(torch_model, calib_nchw: np.ndarray, judge: Judge, max_drop:
     with PyTorch). Stops when the drop
     is within the limit or after ``max_trials`` ops. ``drop_before``: the build's int8 artifact's
     drop (calibrated on all images); the search starts from the all-int8 model of the 75 %."""
-    from .export.tflite import (
-        _captured_output,
-        _configure,
-        _import_tf,
-        _write_atomic,
-        calibrate_only,
-        quantize_calibrated,
-    )
+    from .export.tflite import SavedModel, _captured_output, _write_atomic, calibrated_model, quantize_calibrated
     from .models.keras_model import keras_from_torch, nchw_to_nhwc
 
     progress = progress or (lambda *a, **k: None)
@@ -326,13 +217,9 @@ def tflite_fallback(torch_model, calib_nchw: np.ndarray, judge: Judge, max_drop:
                                  "calibration images themselves (none can be held aside)")
     calib_on = nchw_to_nhwc(calib_on)
     held = calib_on if held is None else nchw_to_nhwc(held)
-    tf = _import_tf()
     kmodel = keras_from_torch(torch_model)
-    with _captured_output():
-        converter = tf.lite.TFLiteConverter.from_keras_model(kmodel)
-        _configure(converter, tf, "int8", calib_on, int8_io)
-        calibrated = calibrate_only(converter)
-    calibrated, _ = refine_tflite_ranges(calibrated, calib_on)
+    with SavedModel(kmodel) as sm:
+        calibrated = calibrated_model(sm, calib_on, int8_io)
     ranking = rank_tflite_layers(calibrated, held, int8_io)
 
     written: list[list[str]] = []

@@ -4,6 +4,8 @@ nodes; OpenVINO: NNCF accuracy control)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -117,6 +119,20 @@ def test_check_fails_on_an_outlier_channel(digits, tmp_path_factory, tmp_path):
     assert all(not a.get("float_fallback") for a in m["artifacts"])
 
 
+def test_exit_code_of_the_installed_command(digits, tmp_path_factory, tmp_path):
+    """What CI sees: the `edgeconv` executable, exit status 1 and one line on stderr."""
+    base = tmp_path_factory.getbasetemp()
+    out = evalkit.outlier_build(base)
+    args = check_args(digits, evalkit.outlier_weights(base), out, *INT8_ONLY, "--no-fallback", "--db",
+                      tmp_path / "r.db")
+    proc = subprocess.run([str(Path(sys.executable).with_name("edgeconv")), "check", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [next(ln for ln in proc.stderr.splitlines() if ln.startswith("edgeconv: "))]
+    assert proc.stderr.startswith("edgeconv: error: check failed: tflite/int8 top-1 dropped ")
+    assert "openvino/int8" in proc.stdout and "FAIL" in proc.stdout
+
+
 def test_float_fallback_rescues_the_outlier(digits, tmp_path_factory, tmp_path):
     base = tmp_path_factory.getbasetemp()
     out = evalkit.copy_build(evalkit.outlier_build(base), tmp_path / "out")
@@ -201,7 +217,7 @@ def fake_quant_mse(v: np.ndarray, lo: float, hi: float) -> float:
 
 
 def test_mse_range_beats_min_max():
-    from edgeconv.quant import mse_range
+    from edgeconv.export.tflite_int8 import mse_range
 
     rng = np.random.default_rng(0)
     uniform = rng.uniform(-1, 1, 200_000)

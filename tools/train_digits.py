@@ -109,7 +109,7 @@ def train(seed: int, epochs: int, out: Path, log=print) -> dict:
     from edgeconv.data import preprocess_image
     from edgeconv.models.torch_model import build_model
     from edgeconv.recipe import load_recipe
-    from edgeconv.util import atomic_path, atomic_write_text, sha256_file
+    from edgeconv.util import atomic_write_bytes, atomic_write_text, sha256_file
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
@@ -154,8 +154,9 @@ def train(seed: int, epochs: int, out: Path, log=print) -> dict:
     log(f"held-out top-1 {100 * acc:.2f} % on {len(test_idx)} images")
 
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / CHECKPOINT) as tmp:
-        torch.save(model.state_dict(), tmp)
+    buf = io.BytesIO()  # not torch.save(path): the zip records the file name, and ours is a temp name
+    torch.save(model.state_dict(), buf)
+    atomic_write_bytes(out / CHECKPOINT, buf.getvalue())
     write_split(out / "digits" / "test", pngs, labels, test_idx)
     write_split(out / "digits" / "calib", pngs, labels, calib_idx)
     info = {"key": script_key(seed, epochs), "seed": seed, "epochs": epochs,

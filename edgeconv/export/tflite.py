@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from . import PRECISIONS as _FORMAT_PRECISIONS
+from .tflite_int8 import Calibrated, bias_corrected, calibrate_tflite
+from .tflite_int8 import tflite_schema as _schema
 
 PRECISIONS = _FORMAT_PRECISIONS["tflite"]
 
@@ -131,14 +134,90 @@ def calibrate_only(converter) -> bytes:
         return converter.convert()
 
 
-def quantize_calibrated(calibrated: bytes, int8_io: bool = False, float_nodes: list[str] | None = None,
+def _direct_converter_class(lite):
+    class DirectSavedModelConverter(lite.TFLiteSavedModelConverterV2):
+        @lite._export_metrics
+        def convert(self):
+            graph_def, _, _ = self._load_saved_model(self.saved_model_dir, self._saved_model_tags)
+            return self._convert_from_saved_model(graph_def)
+
+    return DirectSavedModelConverter
+
+
+class SavedModel:
+    """The Keras twin exported once as a SavedModel (in a temp folder, removed on close) for several
+    conversions: ``from_keras_model`` re-exports the model on every call (3.5 s of the 6 s a B0
+    conversion takes here). ``with SavedModel(keras_model) as sm: convert_tflite(sm, ...)``."""
+
+    def __init__(self, keras_model):
+        self.hw = _model_hw(keras_model)
+        self._tmp = tempfile.mkdtemp(prefix="edgeconv-savedmodel-")
+        self.path = os.path.join(self._tmp, "model")
+        _import_tf()
+        try:
+            with _captured_output() as log:
+                try:
+                    keras_model.export(self.path, verbose=False)
+                except Exception as e:
+                    raise TFLiteConversionError(f"Keras SavedModel export failed: {type(e).__name__}: "
+                                                f"{str(e).strip()[:400]}\n{_log_tail(log())}") from e
+        except BaseException:
+            self.close()
+            raise
+
+    def converter(self):
+        """A converter of the SavedModel. ``TFLiteConverter.from_saved_model`` loads the whole
+        SavedModel into Python twice (for the signature names, then for stack traces in MLIR error
+        messages) and runs ``gc.collect()``: 1.5 of the 2.4 s a TinyNet-E conversion takes here. The
+        signature is known (Keras's ``export`` writes ``serving_default``), so the converter is made
+        directly; its output is byte-identical apart from the metadata's model type."""
+        tf = _import_tf()
+        try:
+            from tensorflow.lite.python import lite
+
+            lite.TFLiteConverterBase._set_original_model_type(lite.conversion_metadata_fb.ModelType.KERAS_MODEL)
+            return _direct_converter_class(lite)(self.path, {"serve"}, ["serving_default"])
+        except (ImportError, AttributeError, TypeError):  # another TensorFlow: the public way
+            return tf.lite.TFLiteConverter.from_saved_model(self.path)
+
+    def close(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> SavedModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def calibrated_model(source: SavedModel, calib: np.ndarray, int8_io: bool = False,
+                     ranges: str = "histogram") -> Calibrated:
+    """The calibrated float model of ``source`` (input of :func:`quantize_calibrated`).
+    ``histogram``: the converter calibrates on one image only to lay out the range fields, then
+    :func:`edgeconv.export.tflite_int8.calibrate_tflite` fills them from all of ``calib`` (batched,
+    multi-threaded, MSE-optimal ranges) and measures what bias correction needs; ``minmax``: the
+    converter's own calibrator (global min/max, one image at a time), no bias correction."""
+    tf = _import_tf()
+    converter = source.converter()
+    _configure(converter, tf, "int8", calib if ranges == "minmax" else calib[:1], int8_io)
+    with _captured_output():
+        structure = calibrate_only(converter)
+    if ranges == "minmax":
+        return Calibrated(structure)
+    return calibrate_tflite(structure, calib)
+
+
+def quantize_calibrated(calibrated: Calibrated | bytes, int8_io: bool = False, float_nodes: list[str] | None = None,
                         numeric_verify: bool = False) -> bytes:
-    """The int8 model of a :func:`calibrate_only` model: per-channel weights, float (or int8) I/O;
-    the ops whose output tensors are named in ``float_nodes`` stay in float. ``numeric_verify``
-    adds the NumericVerify ops of ``tf.lite.experimental.QuantizationDebugger``."""
+    """The int8 model of a :func:`calibrated_model` (or a plain :func:`calibrate_only` model):
+    bias correction of the ops that get int8 weights, then the MLIR quantizer: per-channel weights,
+    float (or int8) I/O; the ops whose output tensors are named in ``float_nodes`` stay in float.
+    ``numeric_verify`` adds the NumericVerify ops of ``tf.lite.experimental.QuantizationDebugger``."""
     from tensorflow.lite.python import convert
 
     tf = _import_tf()
+    if isinstance(calibrated, Calibrated):
+        calibrated = bias_corrected(calibrated, float_nodes or ())
     io_type = tf.int8 if int8_io else tf.float32
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs", category=UserWarning)
@@ -167,45 +246,45 @@ def _write_atomic(data: bytes, out_path: Path) -> None:
 INT8_RANGES = ("histogram", "minmax")
 
 
-def convert_tflite(keras_model, out_path: str | os.PathLike, precision: str,
+def convert_tflite(model, out_path: str | os.PathLike, precision: str,
                    calib_inputs_nhwc: np.ndarray | None = None, int8_io: bool = False,
                    ranges: str = "histogram", float_nodes: list[str] | None = None) -> dict[str, Any]:
-    """Convert ``keras_model`` (NHWC, static H x W) to a .tflite file with batch 1.
+    """Convert ``model`` (a Keras model, NHWC, static H x W, or a :class:`SavedModel` of one, to
+    convert several precisions from one export) to a .tflite file with batch 1.
 
     ``precision``: ``fp32``; ``fp16`` (float16 weights); ``dynamic`` (int8 weights, float
     activations); ``int8`` (full integer, per-channel weights, calibrated on ``calib_inputs_nhwc``,
     N x H x W x 3 float32, builtin int8 ops only; float input/output unless ``int8_io``).
     int8 activation ``ranges``: ``histogram`` (MSE-optimal range of each activation's histogram
-    over the calibration images, :func:`edgeconv.quant.refine_tflite_ranges`) or ``minmax`` (the
-    converter's own); ``float_nodes`` (op output tensor names) stay in float.
+    over the calibration images, :mod:`edgeconv.export.ranges`) or ``minmax`` (the converter's
+    own); ``float_nodes`` (op output tensor names) stay in float.
     The file is written atomically. Returns path, precision, size, conversion seconds, op counts
     and the I/O dtypes."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
     if int8_io and precision != "int8":
         raise ValueError("int8_io only applies to precision 'int8'")
-    hw = _model_hw(keras_model)
+    if ranges not in INT8_RANGES:
+        raise ValueError(f"unknown int8 ranges {ranges!r} (known: {', '.join(INT8_RANGES)})")
+    hw = model.hw if isinstance(model, SavedModel) else _model_hw(model)
     calib = _check_calib(calib_inputs_nhwc, hw) if precision == "int8" else None
     out_path = Path(out_path)
 
     tf = _import_tf()
     start = time.perf_counter()
-    with _captured_output() as log, warnings.catch_warnings():
+    with contextlib.ExitStack() as stack:
+        source = model if isinstance(model, SavedModel) else stack.enter_context(SavedModel(model))
+        log = stack.enter_context(_captured_output())
         # "Statistics for quantized inputs were expected": int8 I/O scales come from calibration
+        stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs", category=UserWarning)
         try:
-            # Keras 3: the converter exports a SavedModel of the model's serving function; the
-            # batch size comes from the model's input (build it with batch_size=1).
-            converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-            _configure(converter, tf, precision, calib, int8_io)
             if precision == "int8":
-                calibrated = calibrate_only(converter)
-                if ranges == "histogram":
-                    from ..quant import refine_tflite_ranges
-
-                    calibrated, _ = refine_tflite_ranges(calibrated, calib)
+                calibrated = calibrated_model(source, calib, int8_io, ranges)
                 data = quantize_calibrated(calibrated, int8_io, float_nodes)
             else:
+                converter = source.converter()
+                _configure(converter, tf, precision, None, int8_io)
                 data = converter.convert()
         except Exception as e:
             tail = _log_tail(log())
@@ -222,7 +301,7 @@ def convert_tflite(keras_model, out_path: str | os.PathLike, precision: str,
         "bytes": len(data),
         "seconds": round(seconds, 3),
         "calib_size": 0 if calib is None else len(calib),
-        **({"ranges": ranges} if precision == "int8" else {}),
+        **({"ranges": ranges, "bias_correction": ranges == "histogram"} if precision == "int8" else {}),
         "input_dtype": info["input_dtype"],
         "output_dtype": info["output_dtype"],
         "input_shape": info["input_shape"],
@@ -233,14 +312,6 @@ def convert_tflite(keras_model, out_path: str | os.PathLike, precision: str,
 # ----------------------------------------------------------------------------------------------
 # Reading the flatbuffer
 # ----------------------------------------------------------------------------------------------
-def _schema():
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:  # pragma: no cover - LiteRT is a dependency; TF carries the same module
-        from tensorflow.lite.python import schema_py_generated as schema
-    return schema
-
-
 def _enum_names(enum_cls) -> dict[int, str]:
     return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_") and isinstance(v, int)}
 
