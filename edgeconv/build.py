@@ -228,8 +228,10 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
         size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if fmt == "openvino" else 0)
         with step(f"{fmt}/{prec} parity"):
             from .runtimes import open_runner
+            from .util import captured_output
 
-            runner = open_runner(path, runtime_of(fmt), threads=2)
+            with captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate" goes to fd 2
+                runner = open_runner(path, runtime_of(fmt), threads=2)
             par_result = parity(reference, runner.run(par.inputs))
         ok = prec != "fp32" or par_result["rel_diff"] <= FP32_TOLERANCE
         entry = {"format": fmt, "precision": prec, "runtime": runtime_of(fmt), "path": rel,

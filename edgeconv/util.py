@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 
@@ -45,3 +47,49 @@ def sha256_file(path: str | Path) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextmanager
+def captured_output():
+    """Swallow stdout/stderr, Python's and the C++ runtime's (file descriptors 1 and 2): the
+    converter prints MLIR diagnostics and Keras's export prints its endpoints. Yields a callable
+    returning what was captured, for error messages."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = [os.dup(1), os.dup(2)]
+        py_buf = io.StringIO()
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            with redirect_stdout(py_buf), redirect_stderr(py_buf):
+
+                def text() -> str:
+                    sink.flush()
+                    sink.seek(0)
+                    return py_buf.getvalue() + sink.read().decode("utf-8", "replace")
+
+                yield text
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def import_tensorflow():
+    """``import tensorflow``, without the oneDNN / CPU-feature / absl lines TensorFlow writes to
+    file descriptor 2 while loading (TF_CPP_MIN_LOG_LEVEL does not silence them). Returns the
+    module; an import failure keeps the tail of what was printed."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    with captured_output() as log:
+        try:
+            import tensorflow as tf
+        except Exception as e:
+            tail = "\n".join(ln for ln in log().splitlines()[-8:] if ln.strip())
+            raise ImportError(f"import tensorflow failed: {type(e).__name__}: {e}" + (f"\n{tail}" if tail else "")) \
+                from e
+    return tf

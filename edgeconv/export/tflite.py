@@ -7,10 +7,8 @@ module that ships with LiteRT (``ai_edge_litert``), falling back to TensorFlow's
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
-import sys
 import tempfile
 import time
 import warnings
@@ -20,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..util import captured_output, import_tensorflow
 from . import PRECISIONS as _FORMAT_PRECISIONS
 from .tflite_int8 import Calibrated, bias_corrected, calibrate_tflite
 from .tflite_int8 import tflite_schema as _schema
@@ -35,10 +34,7 @@ class TFLiteConversionError(Exception):
 # Quiet TensorFlow
 # ----------------------------------------------------------------------------------------------
 def _import_tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import tensorflow as tf
-
+    tf = import_tensorflow()
     tf.get_logger().setLevel("ERROR")
     try:
         from absl import logging as absl_logging
@@ -49,32 +45,7 @@ def _import_tf():
     return tf
 
 
-@contextlib.contextmanager
-def _captured_output():
-    """Swallow stdout/stderr, Python's and the C++ runtime's (file descriptors 1 and 2): the
-    converter prints MLIR diagnostics and Keras's export prints its endpoints. Yields a callable
-    returning what was captured, for error messages."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        saved = [os.dup(1), os.dup(2)]
-        py_buf = io.StringIO()
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            with contextlib.redirect_stdout(py_buf), contextlib.redirect_stderr(py_buf):
-
-                def text() -> str:
-                    sink.flush()
-                    sink.seek(0)
-                    return py_buf.getvalue() + sink.read().decode("utf-8", "replace")
-
-                yield text
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+_captured_output = captured_output  # the name the rest of edgeconv imports
 
 
 def _log_tail(log: str, lines: int = 12) -> str:

@@ -19,10 +19,10 @@ Importing this module imports Keras (and TensorFlow); the rest of edgeconv does 
 from __future__ import annotations
 
 import math
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from ..util import import_tensorflow
+
+import_tensorflow()  # quietly, before Keras imports it loudly
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
