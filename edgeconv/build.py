@@ -35,7 +35,7 @@ TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "tensorflow-cpu", "ai-edg
 Progress = Callable[..., None]
 # what shapes an int8 artifact beyond its calibration images (part of its cache key)
 INT8_SCHEME = {"tflite": "histogram-mse ranges, sampled; bias correction",
-               "openvino": "mixed, per-tensor activations, histogram ranges"}
+               "openvino": "mixed, per-tensor activations, mean min/max of 8-image batches"}
 
 
 def _quiet(event: str, **kw: Any) -> None:

@@ -1,8 +1,9 @@
 """Robust int8: calibrated activation ranges, and the float fallback of ``edgeconv check``.
 
 Ranges. TFLite int8 activation ranges are MSE-optimal ranges of each activation's histogram over
-the calibration images (:mod:`edgeconv.export.ranges`); OpenVINO gets NNCF's own histogram
-estimator (:func:`edgeconv.export.openvino.int8_parameters`).
+the calibration images, plus bias correction (:mod:`edgeconv.export.tflite_int8`); OpenVINO gets
+NNCF's mean of min/max over 8-image batches and fast bias correction
+(:func:`edgeconv.export.openvino.int8_parameters`).
 
 Float fallback. When an int8 artifact's top-1 drop is over the limit, the ops that do the damage
 stay in float until it holds: :func:`tflite_fallback` ranks the ops with the QuantizationDebugger's
@@ -277,8 +278,10 @@ def _float_layers(ov_model) -> list[str]:
 def openvino_fallback(onnx_path: str | Path, calib_nchw: np.ndarray, items: list[tuple[np.ndarray, int]],
                       judge: Judge, max_drop: float, drop_before: float, work_xml: Path,
                       arch=None, int8_xml: str | Path | None = None) -> Fallback:
-    """``nncf.quantize_with_accuracy_control``: quantize as the build does (same calibration images,
-    :func:`edgeconv.export.openvino.int8_parameters`; ``drop_before`` is that model's drop), then
+    """``nncf.quantize_with_accuracy_control``: quantize with the build's parameters and calibration
+    images (:func:`edgeconv.export.openvino.int8_parameters`, fed one image at a time, so ranges are
+    means of per-image min/max rather than of 8-image batches; ``drop_before`` is the build's
+    artifact's drop), then
     revert the quantizers that cost the most top-1 on ``items`` (the evaluation images and their
     labels; NNCF ranks on a subset of them) to float until the drop is within ``max_drop`` points.
     The ops reported as kept in float are those float in the result but not in the plain int8

@@ -27,14 +27,33 @@ def _save_ir(model, xml_out: Path, compress_to_fp16: bool) -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+# Calibration images per inference while NNCF collects the int8 statistics (quantize_int8). Part
+# of the range estimator too, see int8_parameters: changing it changes the int8 models.
+STATS_BATCH = 8
+
+
 def int8_parameters(subset_size: int) -> dict:
     """``nncf.quantize`` keyword arguments for int8 (also used by the accuracy-control fallback).
+    ``subset_size`` counts dataset items: batches of :data:`STATS_BATCH` images in
+    :func:`quantize_int8`, single images in the fallback.
 
     MIXED = symmetric per-channel weights, asymmetric activations (swish outputs are not centred on
     0). Activations per tensor: NNCF's CPU default quantizes depthwise-conv inputs per channel, and
     per-channel min/max from a few hundred images clips channels that real data drives further
-    (EfficientNet-Lite0 on the bundled photos: -2.8 pt vs -0.8 pt top-1). Ranges from NNCF's
-    histogram estimator (MSE-optimal per tensor) rather than the mean of per-image min/max."""
+    (EfficientNet-Lite0 on the bundled photos: -2.8 pt vs -0.8 pt top-1).
+
+    Activation ranges: the min/max of each dataset item, averaged over the items (MEAN_MINMAX,
+    ``batchwise_statistics=False``). On batches of 8 images that is the mean over groups of 8 of
+    each group's min/max: wider than the mean of per-image ranges (what the fallback's single
+    images give), which clips swish outputs (digits TinyNet-E logits: 18 vs 26.5 dB SQNR), and,
+    unlike the global min/max, not set by the most extreme image (digits with one 100x channel:
+    86 % vs 56 % top-1). It is as accurate as NNCF's HISTOGRAM (MSE-optimal ranges, used before):
+    EfficientNet-Lite0 top-1 87.6-88.0 % vs 87.4-87.9 % over four draws of 200 calibration images
+    (fp32: 88.1 %), KL divergence to the fp32 outputs within 3 % on Lite0-2. HISTOGRAM histograms
+    every activation of every image with NumPy: 12.7 of the 20 s that int8 took for B0.
+
+    Fast bias correction (NNCF's default) stays: about 2 s of B0's 7 s (a sub-model compiled per
+    conv), but without it Lite2 loses 1.1 pt more top-1 (89.5 % -> 88.4 %, fp32 89.4 %)."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -42,7 +61,51 @@ def int8_parameters(subset_size: int) -> dict:
     return {"preset": nncf.QuantizationPreset.MIXED, "subset_size": subset_size,
             "advanced_parameters": AdvancedQuantizationParameters(
                 activations_quantization_params=QuantizationParameters(per_channel=False),
-                activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM)}
+                activations_range_estimator_params=RangeEstimatorParametersSet.MEAN_MINMAX,
+                batchwise_statistics=False)}
+
+
+def _dynamic_batch(model) -> bool:
+    """Make the batch dimension of ``model``'s input dynamic if every output follows it (a graph
+    exported at batch 1 may pin it, e.g. in a Reshape); else leave the model as it was. True if
+    it did."""
+    import openvino as ov
+
+    if len(model.inputs) != 1:
+        return False
+    shape = model.input(0).get_partial_shape()
+    if shape.rank.is_dynamic or shape.rank.get_length() < 1:
+        return False
+    batched = ov.PartialShape([ov.Dimension(-1)] + [shape[i] for i in range(1, shape.rank.get_length())])
+    try:
+        model.reshape({model.input(0): batched})
+        if all(o.get_partial_shape().rank.is_static and o.get_partial_shape()[0].is_dynamic
+               for o in model.outputs):
+            return True
+    except Exception:  # noqa: BLE001 - shape inference failures are plain RuntimeErrors
+        pass
+    model.reshape({model.input(0): shape})
+    return False
+
+
+def quantize_int8(model, calib_inputs: np.ndarray):
+    """NNCF post-training int8 of an OpenVINO model on ``calib_inputs`` (N x C x H x W).
+
+    NNCF infers :data:`STATS_BATCH` images at a time (the last batch may be smaller) with the
+    batch made dynamic, then the model gets its input shape back: about 3 s less on B0 than image
+    by image (fewer, fuller inferences; 25 instead of 200 rounds of Python bookkeeping). Whole
+    step, 2 cores: B0 25 s -> 7-8 s, TinyNet-E 7-8 s -> 3.3-3.8 s. A model whose graph pins the
+    batch to 1 is calibrated image by image. The IR's rt_info records NNCF's ``subset_size``, the
+    number of batches."""
+    import nncf
+
+    shape = model.input(0).get_partial_shape()
+    batch = STATS_BATCH if _dynamic_batch(model) else 1
+    items = [calib_inputs[i:i + batch] for i in range(0, len(calib_inputs), batch)]
+    quantized = nncf.quantize(model, nncf.Dataset(items), **int8_parameters(len(items)))
+    if batch > 1:
+        quantized.reshape({quantized.input(0): shape})
+    return quantized
 
 
 def convert_openvino(onnx_path: str | Path, xml_out: str | Path, precision: str,
@@ -52,12 +115,9 @@ def convert_openvino(onnx_path: str | Path, xml_out: str | Path, precision: str,
     xml_out = Path(xml_out)
     model = ov.convert_model(str(onnx_path))
     if precision == "int8":
-        import nncf
-
         if calib_inputs is None:
             raise ValueError("int8 needs calibration inputs")
-        data = nncf.Dataset([calib_inputs[i:i + 1] for i in range(len(calib_inputs))])
-        model = nncf.quantize(model, data, **int8_parameters(len(calib_inputs)))
+        model = quantize_int8(model, calib_inputs)
     _save_ir(model, xml_out, compress_to_fp16=precision == "fp16")
     return {"ops": openvino_op_counts(xml_out)}
 
