@@ -236,3 +236,14 @@ def test_direct_converter_matches_tensorflows_public_one(tiny):
     assert [bytes(np.asarray(x.data if x.data is not None else [], np.uint8)) for x in a.buffers[:-2]] == \
         [bytes(np.asarray(x.data if x.data is not None else [], np.uint8)) for x in b.buffers[:-2]]
     assert len(public) == len(ours) and sum(p != q for p, q in zip(public, ours, strict=True)) <= 4
+
+
+def test_structure_from_the_fp32_model_quantizes_like_the_converters(tiny):
+    """calibration_structure(fp32) stands in for the converter's own calibrate-only conversion:
+    after the same calibration the int8 models are the same bytes."""
+    from edgeconv.export.tflite import quantize_calibrated
+
+    x = tiny["x"][:8]
+    ours = quantize_calibrated(T8.calibrate_tflite(T8.calibration_structure(tiny["fp32"]), x))
+    theirs = quantize_calibrated(T8.calibrate_tflite(tiny["structure"], x))
+    assert ours == theirs

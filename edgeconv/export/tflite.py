@@ -20,7 +20,7 @@ import numpy as np
 
 from ..util import captured_output, import_tensorflow
 from . import PRECISIONS as _FORMAT_PRECISIONS
-from .tflite_int8 import Calibrated, bias_corrected, calibrate_tflite
+from .tflite_int8 import Calibrated, bias_corrected, calibrate_tflite, calibration_structure
 from .tflite_int8 import tflite_schema as _schema
 
 PRECISIONS = _FORMAT_PRECISIONS["tflite"]
@@ -124,6 +124,7 @@ class SavedModel:
         self.hw = _model_hw(keras_model)
         self._tmp = tempfile.mkdtemp(prefix="edgeconv-savedmodel-")
         self.path = os.path.join(self._tmp, "model")
+        self._fp32: bytes | None = None
         _import_tf()
         try:
             with _captured_output() as log:
@@ -135,6 +136,13 @@ class SavedModel:
         except BaseException:
             self.close()
             raise
+
+    def fp32(self) -> bytes:
+        """The plain fp32 conversion (made once; int8 calibration starts from it too)."""
+        if self._fp32 is None:
+            with _captured_output():
+                self._fp32 = self.converter().convert()
+        return self._fp32
 
     def converter(self):
         """A converter of the SavedModel. ``TFLiteConverter.from_saved_model`` loads the whole
@@ -164,18 +172,17 @@ class SavedModel:
 def calibrated_model(source: SavedModel, calib: np.ndarray, int8_io: bool = False,
                      ranges: str = "histogram") -> Calibrated:
     """The calibrated float model of ``source`` (input of :func:`quantize_calibrated`).
-    ``histogram``: the converter calibrates on one image only to lay out the range fields, then
+    ``histogram``: range fields are laid out on the fp32 conversion
+    (:func:`edgeconv.export.tflite_int8.calibration_structure`), then
     :func:`edgeconv.export.tflite_int8.calibrate_tflite` fills them from all of ``calib`` (batched,
     multi-threaded, MSE-optimal ranges) and measures what bias correction needs; ``minmax``: the
     converter's own calibrator (global min/max, one image at a time), no bias correction."""
-    tf = _import_tf()
+    if ranges != "minmax":
+        return calibrate_tflite(calibration_structure(source.fp32()), calib)
     converter = source.converter()
-    _configure(converter, tf, "int8", calib if ranges == "minmax" else calib[:1], int8_io)
+    _configure(converter, _import_tf(), "int8", calib, int8_io)
     with _captured_output():
-        structure = calibrate_only(converter)
-    if ranges == "minmax":
-        return Calibrated(structure)
-    return calibrate_tflite(structure, calib)
+        return Calibrated(calibrate_only(converter))
 
 
 def quantize_calibrated(calibrated: Calibrated | bytes, int8_io: bool = False, float_nodes: list[str] | None = None,
@@ -253,6 +260,8 @@ def convert_tflite(model, out_path: str | os.PathLike, precision: str,
             if precision == "int8":
                 calibrated = calibrated_model(source, calib, int8_io, ranges)
                 data = quantize_calibrated(calibrated, int8_io, float_nodes)
+            elif precision == "fp32":
+                data = source.fp32()
             else:
                 converter = source.converter()
                 _configure(converter, tf, precision, None, int8_io)

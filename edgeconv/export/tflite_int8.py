@@ -153,6 +153,47 @@ def _const(model, t) -> np.ndarray | None:
     return np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32).reshape(t.shape)
 
 
+def calibration_structure(fp32: bytes) -> bytes:
+    """What ``_experimental_calibrate_only`` gives before calibration, from the converter's plain
+    fp32 model: the same graph with a min/max field on every float activation (the converter runs
+    a whole second conversion for it). The quantized result is byte-identical to the converter
+    path's but for the conversion metadata, whose optimization mode is set to full-integer PTQ
+    here as the converter does (checked in tests/test_tflite_int8.py)."""
+    schema = tflite_schema()
+    model = schema.ModelT.InitFromPackedBuf(fp32, 0)
+    for t in model.subgraphs[0].tensors:
+        data = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
+        if t.type == schema.TensorType.FLOAT32 and (data is None or len(data) == 0):
+            q = t.quantization or schema.QuantizationParametersT()
+            q.min = np.array([0.0], np.float32)
+            q.max = np.array([0.0], np.float32)
+            t.quantization = q
+    _mark_full_integer(model)
+    return pack_tflite(model)
+
+
+def _mark_full_integer(model) -> None:
+    try:
+        from tensorflow.lite.python import conversion_metadata_schema_py_generated as meta_schema
+    except ImportError:  # pragma: no cover - metadata is informative only
+        return
+    import flatbuffers
+
+    for entry in model.metadata or []:
+        if entry.name == b"CONVERSION_METADATA":
+            buf = model.buffers[entry.buffer]
+            meta = meta_schema.ConversionMetadataT.InitFromPackedBuf(bytes(np.asarray(buf.data, np.uint8)), 0)
+            if meta.options is None:
+                meta.options = meta_schema.ConversionOptionsT()
+            modes = list(meta.options.modelOptimizationModes if meta.options.modelOptimizationModes is not None
+                         else [])
+            if meta_schema.ModelOptimizationMode.PTQ_FULL_INTEGER not in modes:
+                meta.options.modelOptimizationModes = modes + [meta_schema.ModelOptimizationMode.PTQ_FULL_INTEGER]
+            builder = flatbuffers.Builder(256)
+            builder.Finish(meta.Pack(builder))
+            buf.data = np.frombuffer(bytes(builder.Output()), np.uint8)
+
+
 def calibrate_tflite(structure: bytes, inputs_nhwc: np.ndarray, threads: int | None = None,
                      seed: int = 0) -> Calibrated:
     """Fill the activation ranges of ``structure`` (a ``_experimental_calibrate_only`` model) from
