@@ -4,8 +4,9 @@ TFLite's calibrator runs the calibration images one by one through an instrument
 interpreter and keeps the global min/max of every activation: 41 s for EfficientNet-B0 on 200
 images here, and min/max is a poor range for heavy-tailed activations (swish, SE gates).
 
-:func:`calibrate_tflite` takes a calibration-ready model (the converter's
-``_experimental_calibrate_only`` output, calibrated on one image just to lay out the range fields):
+:func:`calibrate_tflite` takes a calibration-ready model (:func:`calibration_structure`: the fp32
+conversion with a range field on every activation, what the converter's
+``_experimental_calibrate_only`` would lay out in a second conversion):
 
 1. every activation the quantizer needs becomes a graph output of a copy of the model, which runs
    batched through the fast (XNNPACK, multi-threaded) interpreter over all calibration images;
@@ -156,9 +157,9 @@ def _const(model, t) -> np.ndarray | None:
 def calibration_structure(fp32: bytes) -> bytes:
     """What ``_experimental_calibrate_only`` gives before calibration, from the converter's plain
     fp32 model: the same graph with a min/max field on every float activation (the converter runs
-    a whole second conversion for it). The quantized result is byte-identical to the converter
-    path's but for the conversion metadata, whose optimization mode is set to full-integer PTQ
-    here as the converter does (checked in tests/test_tflite_int8.py)."""
+    a whole second conversion for it), and the conversion metadata's optimization mode set to
+    full-integer PTQ as the converter sets it. After the same calibration, the int8 model is
+    byte-identical to the converter path's (checked in tests/test_tflite_int8.py)."""
     schema = tflite_schema()
     model = schema.ModelT.InitFromPackedBuf(fp32, 0)
     for t in model.subgraphs[0].tensors:
@@ -196,7 +197,8 @@ def _mark_full_integer(model) -> None:
 
 def calibrate_tflite(structure: bytes, inputs_nhwc: np.ndarray, threads: int | None = None,
                      seed: int = 0) -> Calibrated:
-    """Fill the activation ranges of ``structure`` (a ``_experimental_calibrate_only`` model) from
+    """Fill the activation ranges of ``structure`` (:func:`calibration_structure`, or a
+    ``_experimental_calibrate_only`` model) from
     ``inputs_nhwc`` (N x H x W x 3 float32, already preprocessed) and measure the conv/FC input
     means for :func:`bias_corrected`."""
     schema = tflite_schema()
