@@ -266,9 +266,9 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
     onnx_path = folder / artifact_relpath(recipe.name, "onnx", "fp32")
     ov_todo = [p for f, p in wanted if f == "openvino" and cached(f, p) is None]
     if need_onnx and not reuse("onnx", "fp32"):
-        from .export.onnx import export_onnx
-
         with step("onnx/fp32"):
+            from .export.onnx import export_onnx
+
             t = time.perf_counter()
             info = export_onnx(model, recipe.resolution, onnx_path)
         record("onnx", "fp32", info, time.perf_counter() - t)
@@ -279,10 +279,10 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
     tfl = [p for f, p in wanted if f == "tflite"]
     tfl_todo = [p for p in tfl if not reuse("tflite", p)]
     if tfl_todo:
-        from .export.tflite import SavedModel, convert_tflite
-        from .models.keras_model import keras_from_torch
+        with step("keras twin"):  # TensorFlow import, the twin, its SavedModel: once for every precision
+            from .export.tflite import SavedModel, convert_tflite
+            from .models.keras_model import keras_from_torch
 
-        with step("keras twin"):  # built and exported once for every precision
             saved = SavedModel(keras_from_torch(model))
         with saved:
             for prec in tfl_todo:
