@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from . import __version__
 from .errors import ArtifactError, UserError
 from .export import ALL_PRECISIONS, FORMATS, PRECISIONS
 from .recipe import load_recipe
-from .util import atomic_write_text, sha256_file, sha256_text
+from .util import atomic_write_bytes, atomic_write_text, sha256_file, sha256_text
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
@@ -35,7 +36,7 @@ TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "tensorflow-cpu", "ai-edg
 Progress = Callable[..., None]
 # what shapes an int8 artifact beyond its calibration images (part of its cache key)
 INT8_SCHEME = {"tflite": "histogram-mse ranges, sampled; bias correction",
-               "openvino": "mixed, per-tensor activations, mean min/max of 8-image batches"}
+               "openvino": "mixed, per-tensor activations, mean min/max of 8-image batches; 7-bit weights"}
 
 
 def _quiet(event: str, **kw: Any) -> None:
@@ -123,6 +124,22 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
         raise UserError(f"--formats {','.join(formats)} with --precisions {','.join(precisions)} "
                         "selects no artifact (onnx is fp32 only; dynamic is tflite only)")
     recipe = load_recipe(name)
+    # TFLite converts in a child process while this one does ONNX and OpenVINO; it starts now, so
+    # that TensorFlow's import overlaps the model's loading
+    job = None
+    if any(f == "tflite" for f, _ in wanted) and any(f != "tflite" for f, _ in wanted):
+        from .export.tflite_job import TFLiteProcess
+
+        job = TFLiteProcess()
+    try:
+        return _build(recipe, wanted, weights, out, calib, calib_size, int8_io, force, progress, job)
+    finally:
+        if job is not None:
+            job.close()
+
+
+def _build(recipe, wanted: list[tuple[str, str]], weights: str | None, out: str | Path, calib: str | None,
+           calib_size: int, int8_io: bool, force: bool, progress: Progress, job) -> dict[str, Any]:
     t0 = time.perf_counter()
     steps: dict[str, float] = {}
 
@@ -222,7 +239,13 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
             return None
         return a
 
+    lock = threading.RLock()  # record() runs in two threads when TFLite converts in a child process
+
     def record(fmt: str, prec: str, info: dict, seconds: float) -> dict:
+        with lock:
+            return _record(fmt, prec, info, seconds)
+
+    def _record(fmt: str, prec: str, info: dict, seconds: float) -> dict:
         rel = artifact_relpath(recipe.name, fmt, prec)
         path = folder / rel
         size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if fmt == "openvino" else 0)
@@ -256,55 +279,82 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
         a = cached(fmt, prec)
         if a is None:
             return False
-        manifest["artifacts"].append(dict(a, cached=True))
+        with lock:
+            manifest["artifacts"].append(dict(a, cached=True))
+            state.save()
         progress("cached", step=f"{fmt}/{prec}", path=str(folder / a["path"]))
-        state.save()
         return True
 
-    # ---- ONNX (also the input of OpenVINO) ----
+    # ---- TFLite from the NHWC Keras twin: in the child process (if any) while this one does ONNX/OpenVINO ----
     need_onnx = any(f in ("onnx", "openvino") for f, _ in wanted)
     onnx_path = folder / artifact_relpath(recipe.name, "onnx", "fp32")
     ov_todo = [p for f, p in wanted if f == "openvino" and cached(f, p) is None]
-    if need_onnx and not reuse("onnx", "fp32"):
-        with step("onnx/fp32"):
-            from .export.onnx import export_onnx
+    tfl_todo = [p for f, p in wanted if f == "tflite" and not reuse("tflite", p)]
+    calib_nhwc = np.ascontiguousarray(calib_set.inputs.transpose(0, 2, 3, 1)) if "int8" in tfl_todo else None
 
-            t = time.perf_counter()
-            info = export_onnx(model, recipe.resolution, onnx_path)
-        record("onnx", "fp32", info, time.perf_counter() - t)
-    elif need_onnx and ov_todo and not onnx_path.exists():
-        raise ArtifactError(f"{onnx_path}: missing; rebuild with --force")
+    def on_tflite(event: tuple) -> None:
+        if event[0] == "start":
+            progress("start", step=event[1])
+        elif event[0] == "done":
+            steps[event[1]] = event[2]
+            progress("done", step=event[1], seconds=event[2])
+        else:  # ("artifact", precision, flatbuffer, info, seconds)
+            _, prec, data, info, seconds = event
+            with lock:
+                atomic_write_bytes(folder / artifact_relpath(recipe.name, "tflite", prec), data)
+                record("tflite", prec, info, seconds)
 
-    # ---- TFLite from the NHWC Keras twin ----
-    tfl = [p for f, p in wanted if f == "tflite"]
-    tfl_todo = [p for p in tfl if not reuse("tflite", p)]
-    if tfl_todo:
-        with step("keras twin"):  # TensorFlow import, the twin, its SavedModel: once for every precision
-            from .export.tflite import SavedModel, convert_tflite
-            from .models.keras_model import keras_from_torch
+    thread = None
+    failures: list[BaseException] = []
+    if tfl_todo and job is not None:
+        job.submit(model, tfl_todo, calib_nhwc, int8_io)
 
-            saved = SavedModel(keras_from_torch(model))
-        with saved:
-            for prec in tfl_todo:
-                label = f"tflite/{prec}"
-                with step(label):
-                    t = time.perf_counter()
-                    calib_nhwc = calib_set.inputs.transpose(0, 2, 3, 1) if prec == "int8" else None
-                    info = convert_tflite(saved, folder / artifact_relpath(recipe.name, "tflite", prec), prec,
-                                          calib_inputs_nhwc=calib_nhwc, int8_io=int8_io and prec == "int8")
-                record("tflite", prec, info, time.perf_counter() - t)
+        def drain() -> None:
+            try:
+                for event in job:
+                    on_tflite(event)
+            except BaseException as e:  # noqa: BLE001 - raised in the main thread
+                failures.append(e)
 
-    # ---- OpenVINO IR from the ONNX file ----
-    for prec in [p for f, p in wanted if f == "openvino"]:
-        if reuse("openvino", prec):
-            continue
-        from .export.openvino import convert_openvino
+        thread = threading.Thread(target=drain, name="edgeconv-tflite-events", daemon=True)
+        thread.start()
+    elif tfl_todo:  # TFLite only: nothing to overlap with, no child process
+        from .export.tflite_job import tflite_events
 
-        with step(f"openvino/{prec}"):
-            t = time.perf_counter()
-            info = convert_openvino(onnx_path, folder / artifact_relpath(recipe.name, "openvino", prec), prec,
-                                    calib_set.inputs if prec == "int8" else None)
-        record("openvino", prec, info, time.perf_counter() - t)
+        for event in tflite_events(model, tfl_todo, calib_nhwc, int8_io):
+            on_tflite(event)
+
+    try:
+        # ---- ONNX (also the input of OpenVINO) ----
+        if need_onnx and not reuse("onnx", "fp32"):
+            with step("onnx/fp32"):
+                from .export.onnx import export_onnx
+
+                t = time.perf_counter()
+                info = export_onnx(model, recipe.resolution, onnx_path)
+            record("onnx", "fp32", info, time.perf_counter() - t)
+        elif need_onnx and ov_todo and not onnx_path.exists():
+            raise ArtifactError(f"{onnx_path}: missing; rebuild with --force")
+
+        # ---- OpenVINO IR from the ONNX file ----
+        for prec in [p for f, p in wanted if f == "openvino"]:
+            if reuse("openvino", prec):
+                continue
+            from .export.openvino import convert_openvino
+
+            with step(f"openvino/{prec}"):
+                t = time.perf_counter()
+                info = convert_openvino(onnx_path, folder / artifact_relpath(recipe.name, "openvino", prec), prec,
+                                        calib_set.inputs if prec == "int8" else None)
+            record("openvino", prec, info, time.perf_counter() - t)
+        if thread is not None:
+            thread.join()
+            if failures:
+                raise failures[0]
+    finally:
+        if thread is not None:
+            job.close()  # stops the child if this build is failing or interrupted
+            thread.join()
 
     steps["total"] = round(time.perf_counter() - t0, 3)
     state.save()

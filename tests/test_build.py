@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -91,6 +92,37 @@ def test_rebuild_is_cached_and_force_rebuilds(tinynet_e_build, imagenet_sample):
     assert [a["cached"] for a in m3["artifacts"]] == [False]
 
 
+def test_tflite_child_process_gives_the_in_process_bytes(tinynet_e_build, imagenet_sample, tmp_path):
+    """A full build converts TFLite in a child process (from the state dict, without torch); a
+    TFLite-only build converts here. Same recipe, weights and calibration: the same files."""
+    out, full = tinynet_e_build
+    assert "tensorflow import" in full["steps"]  # the child reported its own start-up
+    alone = build("tinynet-e", out=tmp_path, formats="tflite", precisions="fp32,int8", calib=str(imagenet_sample),
+                  calib_size=64)
+    assert "tensorflow import" not in alone["steps"]
+    sha = {a["path"]: a["sha256"] for a in full["artifacts"]}
+    for a in alone["artifacts"]:
+        assert a["sha256"] == sha[a["path"]], a["path"]
+
+
+def test_tflite_child_process_errors_reach_the_parent():
+    import numpy as np
+
+    from edgeconv.export.tflite_job import TFLiteProcess
+    from edgeconv.models.torch_model import build_model
+    from edgeconv.recipe import load_recipe
+
+    model = build_model(load_recipe("tinynet-e"))
+    with TFLiteProcess() as job:
+        job.submit(model, ["fp32", "int8"], np.zeros((2, 3, 8, 8), np.float32))  # NCHW, wrong size
+        events = []
+        with pytest.raises(ValueError, match="calibration inputs must be N x 106 x 106 x 3"):
+            for e in job:
+                events.append(e[:2])
+    assert events[:3] == [("start", "tensorflow import"), ("done", "tensorflow import"), ("start", "keras twin")]
+    assert ("artifact", "fp32") in events  # what came before the error arrived
+
+
 def test_int8_io(tmp_path):
     m = build("tinynet-e", out=tmp_path, formats="tflite", precisions="int8", int8_io=True, calib_size=16)
     path = tmp_path / "tinynet-e/tflite/int8.tflite"
@@ -165,16 +197,27 @@ def test_interrupted_build_leaves_no_partial_files(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "edgeconv.cli", "build", "tinynet-e", "--out", str(tmp_path),
                              "--calib-size", "16"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True, env=env)
+    temp_dir = Path(tempfile.gettempdir())
+    savedmodels = set(temp_dir.glob("edgeconv-savedmodel-*"))
     deadline = time.time() + 300
     seen = []
     for line in proc.stderr:
         seen.append(line)
-        if "… tflite/dynamic" in line or time.time() > deadline:
+        done = "".join(seen)
+        # ONNX here and TFLite in the child process go side by side: wait for both, then stop
+        # the build while OpenVINO or the rest of TFLite is in flight
+        # (the next step's start: the previous artifact is recorded by then)
+        if ("… openvino/fp32" in done and "… tflite/dynamic" in done) or time.time() > deadline:
             proc.send_signal(signal.SIGINT)
             break
     rest = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, "".join(seen) + rest
     assert "edgeconv: interrupted" in rest and "Traceback" not in rest
+    # the TFLite child process is gone, and its SavedModel temp folder with it
+    time.sleep(1)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "edgeconv.export.tflite_job" not in ps
+    assert set(temp_dir.glob("edgeconv-savedmodel-*")) <= savedmodels
     folder = tmp_path / "tinynet-e"
     m = json.loads((folder / "manifest.json").read_text())
     listed = {a["path"] for a in m["artifacts"]}

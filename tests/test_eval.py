@@ -60,14 +60,14 @@ def test_eval_every_artifact_on_digits(digits, digits_out, tmp_path):
     # the PyTorch model through edgeconv.data reproduces what training measured on the same images
     # (to one image: batching and memory layout may move a logit in the last bit)
     assert abs(ref["top1"] - digits.info["test_top1"]) <= 1 / 539 + 1e-9
-    assert ref["top1"] > 0.97 and ref["agreement"] == 1.0 and ref["drop_pt"] is None
+    assert ref["top1"] > 0.96 and ref["agreement"] == 1.0 and ref["drop_pt"] is None
     for label, x in rows.items():
         assert x["n"] == 539 and x["top5"] is not None and x["top5"] >= x["top1"]
         assert x["drop_pt"] is None or x["drop_pt"] == pytest.approx(100 * (ref["top1"] - x["top1"]), abs=1e-6)
         if label.endswith("/fp32"):  # parity: the same predictions as PyTorch, image by image
             assert x["agreement"] == 1.0 and x["top1"] == ref["top1"], label
         else:
-            assert x["agreement"] > 0.98 and x["top1"] > 0.96, label
+            assert x["agreement"] > 0.98 and x["top1"] > ref["top1"] - 0.01, label
     # stored for `edgeconv report`, one row per artifact, fractions not percentages
     with Store(db) as store:
         acc = store.latest_accuracy(["tinynet-e"])

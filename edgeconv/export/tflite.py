@@ -227,8 +227,17 @@ INT8_RANGES = ("histogram", "minmax")
 def convert_tflite(model, out_path: str | os.PathLike, precision: str,
                    calib_inputs_nhwc: np.ndarray | None = None, int8_io: bool = False,
                    ranges: str = "histogram", float_nodes: list[str] | None = None) -> dict[str, Any]:
+    """:func:`tflite_bytes` written atomically to ``out_path``; returns its description with
+    ``path`` added."""
+    data, info = tflite_bytes(model, precision, calib_inputs_nhwc, int8_io, ranges, float_nodes)
+    _write_atomic(data, Path(out_path))
+    return {"path": str(out_path), **info}
+
+
+def tflite_bytes(model, precision: str, calib_inputs_nhwc: np.ndarray | None = None, int8_io: bool = False,
+                 ranges: str = "histogram", float_nodes: list[str] | None = None) -> tuple[bytes, dict[str, Any]]:
     """Convert ``model`` (a Keras model, NHWC, static H x W, or a :class:`SavedModel` of one, to
-    convert several precisions from one export) to a .tflite file with batch 1.
+    convert several precisions from one export) to a .tflite flatbuffer with batch 1.
 
     ``precision``: ``fp32``; ``fp16`` (float16 weights); ``dynamic`` (int8 weights, float
     activations); ``int8`` (full integer, per-channel weights, calibrated on ``calib_inputs_nhwc``,
@@ -236,7 +245,7 @@ def convert_tflite(model, out_path: str | os.PathLike, precision: str,
     int8 activation ``ranges``: ``histogram`` (MSE-optimal range of each activation's histogram
     over the calibration images, :mod:`edgeconv.export.ranges`) or ``minmax`` (the converter's
     own); ``float_nodes`` (op output tensor names) stay in float.
-    The file is written atomically. Returns path, precision, size, conversion seconds, op counts
+    Returns the flatbuffer and its description: precision, size, conversion seconds, op counts
     and the I/O dtypes."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
@@ -246,7 +255,6 @@ def convert_tflite(model, out_path: str | os.PathLike, precision: str,
         raise ValueError(f"unknown int8 ranges {ranges!r} (known: {', '.join(INT8_RANGES)})")
     hw = model.hw if isinstance(model, SavedModel) else _model_hw(model)
     calib = _check_calib(calib_inputs_nhwc, hw) if precision == "int8" else None
-    out_path = Path(out_path)
 
     tf = _import_tf()
     start = time.perf_counter()
@@ -272,10 +280,8 @@ def convert_tflite(model, out_path: str | os.PathLike, precision: str,
                                         f"{type(e).__name__}: {str(e).strip()[:400]}"
                                         + (f"\n{tail}" if tail else "")) from e
     seconds = time.perf_counter() - start
-    _write_atomic(data, out_path)
     info = _graph_info(data)
-    return {
-        "path": str(out_path),
+    return data, {
         "precision": precision,
         "int8_io": bool(int8_io),
         "bytes": len(data),

@@ -121,7 +121,35 @@ def build_keras_model(arch: Architecture, input_size: int | tuple[int, int] | No
 # Weight transfer from PyTorch
 # ----------------------------------------------------------------------------------------------
 def _numpy(t) -> np.ndarray:
+    """A torch tensor or a NumPy array (see :class:`StateView`) as float64."""
+    if isinstance(t, np.ndarray):
+        return t.astype(np.float64)
     return t.detach().cpu().double().numpy()
+
+
+class StateView:
+    """A PyTorch model's ``state_dict`` (NumPy arrays) seen as the model's modules, as far as
+    :func:`copy_torch_weights` looks: ``view.blocks[1][0].conv_dw.weight``, a conv without bias has
+    ``bias`` None, every BN has the architecture's ``eps``. Builds the twin without importing torch
+    (2 s of a child process's start-up)."""
+
+    def __init__(self, arch, state: dict[str, np.ndarray], prefix: str = ""):
+        self.arch, self._state, self._prefix = arch, state, prefix
+
+    def __getattr__(self, name: str):
+        key = self._prefix + name
+        if key in self._state:
+            return self._state[key]
+        if name == "eps":
+            return self.arch.bn_eps
+        if any(k.startswith(key + ".") for k in self._state):
+            return StateView(self.arch, self._state, key + ".")
+        if name == "bias":
+            return None
+        raise AttributeError(f"no tensor or module {key!r} in the state dict")
+
+    def __getitem__(self, index: int):
+        return getattr(self, str(index))
 
 
 def fold_bn(conv, bn) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,185 @@
+"""The TFLite half of a build as a stream of events, run here or in a child process.
+
+A build has two independent chains: PyTorch -> ONNX -> OpenVINO, and PyTorch -> Keras twin ->
+TFLite. Both are mostly single-threaded work that holds the GIL (``torch.export``, TensorFlow's
+import, SavedModel tracing, the MLIR converter), so threads do not overlap them; a second process
+does (``edgeconv build`` on 2 cores, see ``benchmarks/build.py``).
+
+:func:`tflite_events` yields, in order::
+
+    ("start", "keras twin"), ("done", "keras twin", seconds),
+    ("start", "tflite/fp32"), ("done", "tflite/fp32", seconds), ("artifact", "fp32", data, info, seconds),
+    ...
+
+where ``data`` is the .tflite flatbuffer and ``info`` what :func:`edgeconv.export.tflite.tflite_bytes`
+says of it. :class:`TFLiteProcess` yields the same events from a child process. The child never
+writes into the build folder: the flatbuffers come back over a pipe and the build writes and records
+them, so stopping the child at any moment (Ctrl-C, a failed parity check in the other chain) leaves
+nothing half-written behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Event = tuple
+
+
+def tflite_events(model, precisions: list[str], calib_nhwc: np.ndarray | None = None,
+                  int8_io: bool = False) -> Iterator[Event]:
+    """Convert the PyTorch ``model`` (an :class:`~edgeconv.models.torch_model.EfficientNet`) to
+    TFLite in each of ``precisions``, from one Keras twin and one SavedModel export. ``calib_nhwc``
+    (N x H x W x 3) calibrates int8; ``int8_io`` gives the int8 model int8 input and output."""
+    start = time.perf_counter()
+    yield ("start", "keras twin")  # TensorFlow's import, the twin, its SavedModel: once for all
+    from ..models.keras_model import keras_from_torch
+    from .tflite import SavedModel, tflite_bytes
+
+    saved = SavedModel(keras_from_torch(model))
+    yield ("done", "keras twin", round(time.perf_counter() - start, 3))
+    with saved:
+        for prec in precisions:
+            label = f"tflite/{prec}"
+            yield ("start", label)
+            t = time.perf_counter()
+            data, info = tflite_bytes(saved, prec, calib_nhwc if prec == "int8" else None,
+                                      int8_io=int8_io and prec == "int8")
+            seconds = round(time.perf_counter() - t, 3)
+            yield ("done", label, seconds)
+            yield ("artifact", prec, data, info, seconds)
+
+
+class TFLiteProcessError(RuntimeError):
+    """The TFLite child process failed in a way its own exceptions do not describe."""
+
+
+def model_state(model) -> tuple[Any, dict[str, np.ndarray]]:
+    """What the child needs of a PyTorch ``model``: its architecture and its tensors as NumPy
+    arrays (the child builds the twin from them without importing torch)."""
+    return model.arch, {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _child(inbox, conn) -> None:
+    """Entry point of the child: import TensorFlow, receive the job (or None: nothing to do), send
+    its events, then ("end",) or ("error", exception)."""
+    def stop(*_):
+        raise SystemExit(143)  # unwinds: the SavedModel's temp folder is removed
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        conn.send(("start", "tensorflow import"))
+        t = time.perf_counter()
+        from ..models.keras_model import StateView  # imports TensorFlow and Keras, quietly
+
+        conn.send(("done", "tensorflow import", round(time.perf_counter() - t, 3)))
+        job = inbox.recv()
+        if job is None:
+            return
+        arch, state, precisions, calib, int8_io = job
+        for event in tflite_events(StateView(arch, state), precisions, calib, int8_io):
+            conn.send(event)
+        conn.send(("end",))
+    except (SystemExit, KeyboardInterrupt, EOFError):
+        pass
+    except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+        try:
+            pickle.loads(pickle.dumps(e))  # the parent must be able to rebuild it
+        except Exception:  # noqa: BLE001 - it does not travel: send its text and traceback
+            e = TFLiteProcessError(f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exception(e)))
+        conn.send(("error", e))
+    finally:
+        conn.close()
+        inbox.close()
+
+
+class TFLiteProcess:
+    """:func:`tflite_events` in a child process (``python -m edgeconv.export.tflite_job``: not
+    multiprocessing, whose children re-import the caller's main script, and a fork would inherit
+    torch's thread pools). The child talks over its stdin and stdout pipes and sits in its own
+    session, so Ctrl-C reaches only this process, which then stops it. It starts importing
+    TensorFlow at once (7-8 s here) while this process loads the model; :meth:`submit` then hands
+    it the work. Iterate for the events; an error in the child is raised here. :meth:`close` stops
+    the child if it is still running."""
+
+    def __init__(self):
+        from multiprocessing.connection import Connection
+
+        root = str(Path(__file__).resolve().parents[2])  # edgeconv importable even if not installed
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        self._proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, env=env, start_new_session=True)
+        self._send = Connection(os.dup(self._proc.stdin.fileno()), readable=False)
+        self._conn = Connection(os.dup(self._proc.stdout.fileno()), writable=False)
+        self._proc.stdin.close()
+        self._proc.stdout.close()
+        self.submitted = False
+
+    def submit(self, model, precisions: list[str], calib_nhwc: np.ndarray | None = None,
+               int8_io: bool = False) -> None:
+        """Convert the PyTorch ``model`` to each of ``precisions`` (see :func:`tflite_events`)."""
+        arch, state = model_state(model)
+        self._send.send((arch, state, list(precisions), calib_nhwc, int8_io))
+        self.submitted = True
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            try:
+                event = self._conn.recv()
+            except (EOFError, OSError):
+                code = self._proc.wait(10)
+                raise TFLiteProcessError(f"the TFLite conversion process ended without a result "
+                                         f"(exit code {code})") from None
+            if event[0] == "end":
+                return
+            if event[0] == "error":
+                raise event[1]
+            yield event
+
+    def close(self) -> None:
+        """Stop the child (it is told there is nothing to do if it never got work)."""
+        with contextlib.suppress(OSError):
+            self._send.close()  # EOF: a child waiting for work exits
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._conn.close()
+
+    def __enter__(self) -> TFLiteProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def main() -> None:
+    """The child: work arrives on stdin, events leave on stdout; anything else printed goes to
+    stderr (the parent's stdout may be --json)."""
+    from multiprocessing.connection import Connection
+
+    inbox = Connection(os.dup(0), writable=False)
+    conn = Connection(os.dup(1), readable=False)
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    # by its import name, not as __main__: the exceptions it sends must unpickle in the parent
+    importlib.import_module("edgeconv.export.tflite_job")._child(inbox, conn)
+
+
+if __name__ == "__main__":
+    main()
