@@ -240,6 +240,20 @@ def _build(recipe, wanted: list[tuple[str, str]], weights: str | None, out: str 
         return a
 
     lock = threading.RLock()  # record() runs in two threads when TFLite converts in a child process
+    recorded: set[tuple[str, str]] = set()
+
+    @contextmanager
+    def producing(fmt: str, prec: str):
+        """An artifact whose files are in place but not yet in the manifest when the build stops
+        (Ctrl-C between the rename and the manifest write) is removed: every file left is listed."""
+        try:
+            yield
+        except BaseException:
+            if (fmt, prec) not in recorded:
+                path = folder / artifact_relpath(recipe.name, fmt, prec)
+                for f in (path, path.with_suffix(".bin")) if fmt == "openvino" else (path,):
+                    f.unlink(missing_ok=True)
+            raise
 
     def record(fmt: str, prec: str, info: dict, seconds: float) -> dict:
         with lock:
@@ -269,6 +283,7 @@ def _build(recipe, wanted: list[tuple[str, str]], weights: str | None, out: str 
         manifest["artifacts"] = [a for a in manifest["artifacts"]
                                  if (a["format"], a["precision"]) != (fmt, prec)] + [entry]
         state.save()
+        recorded.add((fmt, prec))
         if not ok:
             raise ArtifactError(f"{rel}: fp32 artifact does not match PyTorch (max abs diff "
                                 f"{par_result['max_abs_diff']:.3g} = {par_result['rel_diff']:.2e} of the "
@@ -300,7 +315,7 @@ def _build(recipe, wanted: list[tuple[str, str]], weights: str | None, out: str 
             progress("done", step=event[1], seconds=event[2])
         else:  # ("artifact", precision, flatbuffer, info, seconds)
             _, prec, data, info, seconds = event
-            with lock:
+            with lock, producing("tflite", prec):
                 atomic_write_bytes(folder / artifact_relpath(recipe.name, "tflite", prec), data)
                 record("tflite", prec, info, seconds)
 
@@ -327,12 +342,13 @@ def _build(recipe, wanted: list[tuple[str, str]], weights: str | None, out: str 
     try:
         # ---- ONNX (also the input of OpenVINO) ----
         if need_onnx and not reuse("onnx", "fp32"):
-            with step("onnx/fp32"):
-                from .export.onnx import export_onnx
+            with producing("onnx", "fp32"):
+                with step("onnx/fp32"):
+                    from .export.onnx import export_onnx
 
-                t = time.perf_counter()
-                info = export_onnx(model, recipe.resolution, onnx_path)
-            record("onnx", "fp32", info, time.perf_counter() - t)
+                    t = time.perf_counter()
+                    info = export_onnx(model, recipe.resolution, onnx_path)
+                record("onnx", "fp32", info, time.perf_counter() - t)
         elif need_onnx and ov_todo and not onnx_path.exists():
             raise ArtifactError(f"{onnx_path}: missing; rebuild with --force")
 
@@ -342,11 +358,12 @@ def _build(recipe, wanted: list[tuple[str, str]], weights: str | None, out: str 
                 continue
             from .export.openvino import convert_openvino
 
-            with step(f"openvino/{prec}"):
-                t = time.perf_counter()
-                info = convert_openvino(onnx_path, folder / artifact_relpath(recipe.name, "openvino", prec), prec,
-                                        calib_set.inputs if prec == "int8" else None)
-            record("openvino", prec, info, time.perf_counter() - t)
+            with producing("openvino", prec):
+                with step(f"openvino/{prec}"):
+                    t = time.perf_counter()
+                    info = convert_openvino(onnx_path, folder / artifact_relpath(recipe.name, "openvino", prec),
+                                            prec, calib_set.inputs if prec == "int8" else None)
+                record("openvino", prec, info, time.perf_counter() - t)
         if thread is not None:
             thread.join()
             if failures:
