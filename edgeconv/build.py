@@ -353,15 +353,18 @@ def _build(recipe, wanted: list[tuple[str, str]], weights: str | None, out: str 
             raise ArtifactError(f"{onnx_path}: missing; rebuild with --force")
 
         # ---- OpenVINO IR from the ONNX file ----
+        ov_source = None
         for prec in [p for f, p in wanted if f == "openvino"]:
             if reuse("openvino", prec):
                 continue
-            from .export.openvino import convert_openvino
+            from .export.openvino import convert_openvino, read_onnx
 
             with producing("openvino", prec):
                 with step(f"openvino/{prec}"):
                     t = time.perf_counter()
-                    info = convert_openvino(onnx_path, folder / artifact_relpath(recipe.name, "openvino", prec),
+                    if ov_source is None:
+                        ov_source = read_onnx(onnx_path)  # once for the three IRs
+                    info = convert_openvino(ov_source, folder / artifact_relpath(recipe.name, "openvino", prec),
                                             prec, calib_set.inputs if prec == "int8" else None)
                 record("openvino", prec, info, time.perf_counter() - t)
         if thread is not None:
