@@ -63,7 +63,8 @@ def test_eval_every_artifact_on_digits(digits, digits_out, tmp_path):
     assert ref["top1"] > 0.96 and ref["agreement"] == 1.0 and ref["drop_pt"] is None
     for label, x in rows.items():
         assert x["n"] == 539 and x["top5"] is not None and x["top5"] >= x["top1"]
-        assert x["drop_pt"] is None or x["drop_pt"] == pytest.approx(100 * (ref["top1"] - x["top1"]), abs=1e-6)
+        # --json rounds drop_pt to 3 decimals (one image of 539 is 0.1855 pt)
+        assert x["drop_pt"] is None or x["drop_pt"] == pytest.approx(100 * (ref["top1"] - x["top1"]), abs=5e-4)
         if label.endswith("/fp32"):  # parity: the same predictions as PyTorch, image by image
             assert x["agreement"] == 1.0 and x["top1"] == ref["top1"], label
         else:
