@@ -208,7 +208,7 @@ def tflite_fallback(torch_model, calib_nchw: np.ndarray, judge: Judge, max_drop:
     with PyTorch). Stops when the drop
     is within the limit or after ``max_trials`` ops. ``drop_before``: the build's int8 artifact's
     drop (calibrated on all images); the search starts from the all-int8 model of the 75 %."""
-    from .export.tflite import SavedModel, _captured_output, _write_atomic, calibrated_model, quantize_calibrated
+    from .export.tflite import FrozenTwin, _captured_output, _write_atomic, calibrated_model, quantize_calibrated
     from .models.keras_model import keras_from_torch, nchw_to_nhwc
 
     progress = progress or (lambda *a, **k: None)
@@ -219,7 +219,7 @@ def tflite_fallback(torch_model, calib_nchw: np.ndarray, judge: Judge, max_drop:
     calib_on = nchw_to_nhwc(calib_on)
     held = calib_on if held is None else nchw_to_nhwc(held)
     kmodel = keras_from_torch(torch_model)
-    with SavedModel(kmodel) as sm:
+    with FrozenTwin(kmodel) as sm:
         calibrated = calibrated_model(sm, calib_on, int8_io)
     ranking = rank_tflite_layers(calibrated, held, int8_io)
 

@@ -14,22 +14,23 @@ from edgeconv.recipe import load_recipe
 
 @pytest.fixture(scope="module")
 def tiny():
-    """tinynet-e (random weights, BN statistics from real photos), its SavedModel, a calibration
-    structure and 24 real photos (the bundled calibration set), NHWC."""
-    from edgeconv.export.tflite import SavedModel, _captured_output, _configure, _import_tf, calibrate_only
+    """tinynet-e (random weights, BN statistics from real photos), its Keras twin frozen, a
+    calibration structure and 24 real photos (the bundled calibration set), NHWC."""
+    from edgeconv.export.tflite import FrozenTwin, _captured_output, _configure, _import_tf, calibrate_only
     from edgeconv.models.keras_model import keras_from_torch
 
     recipe = load_recipe("tinynet-e")
     model, _ = load_model(recipe, None)
     x = calibration_set(None, recipe.resolution, recipe.preprocess, size=24).inputs.transpose(0, 2, 3, 1).copy()
-    sm = SavedModel(keras_from_torch(model))
-    conv = sm.converter()
+    kmodel = keras_from_torch(model)
+    twin = FrozenTwin(kmodel)
+    conv = twin.converter()
     _configure(conv, _import_tf(), "int8", x[:1], False)
     with _captured_output():
         structure = calibrate_only(conv)
-    fp32 = sm.converter().convert()
-    yield {"sm": sm, "x": x, "structure": structure, "fp32": fp32}
-    sm.close()
+    fp32 = twin.converter().convert()
+    yield {"twin": twin, "keras": kmodel, "x": x, "structure": structure, "fp32": fp32}
+    twin.close()
 
 
 def all_activations(model: bytes, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -221,21 +222,44 @@ def test_bias_correction_skips_ops_kept_in_float(tiny):
     assert all(np.array_equal(a, b) for i, (a, b) in enumerate(zip(all_int8, one_float, strict=True)) if i != 3)
 
 
-def test_direct_converter_matches_tensorflows_public_one(tiny):
-    """SavedModel.converter() skips from_saved_model's two Python loads of the SavedModel; the
-    converted model must be the same as the public API's but for the metadata's model type."""
-    from edgeconv.export.tflite import _Graph, _import_tf
+def test_frozen_twin_converts_like_tensorflows_public_keras_converter(tiny):
+    """FrozenTwin traces and freezes the twin once instead of exporting a SavedModel (what
+    ``from_keras_model`` does on every call): the converted model must have the public
+    converter's ops, weights and outputs; only the tensor names and the signature differ (ours
+    is ``serving_default`` with ``input`` -> ``logits``, the ONNX names)."""
+    from ai_edge_litert import interpreter as litert
 
-    public = _import_tf().lite.TFLiteConverter.from_saved_model(tiny["sm"].path).convert()
-    ours = tiny["fp32"]
+    from edgeconv.export.tflite import _captured_output, _Graph, _import_tf, tflite_bytes
+
+    with _captured_output():
+        public = _import_tf().lite.TFLiteConverter.from_keras_model(tiny["keras"]).convert()
+    ours, _ = tflite_bytes(tiny["twin"], "fp32")
+    assert [op for op, _, _ in _Graph(public).ops] == [op for op, _, _ in _Graph(ours).ops]
     schema = T8.tflite_schema()
-    a, b = schema.ModelT.InitFromPackedBuf(public, 0), schema.ModelT.InitFromPackedBuf(ours, 0)
-    ga, gb = _Graph(public), _Graph(ours)
-    assert ga.ops == gb.ops
-    assert [ga.name(i) for i in range(len(ga.tensors))] == [gb.name(i) for i in range(len(gb.tensors))]
-    assert [bytes(np.asarray(x.data if x.data is not None else [], np.uint8)) for x in a.buffers[:-2]] == \
-        [bytes(np.asarray(x.data if x.data is not None else [], np.uint8)) for x in b.buffers[:-2]]
-    assert len(public) == len(ours) and sum(p != q for p, q in zip(public, ours, strict=True)) <= 4
+
+    def weights(data):  # the constant inputs of every op, in op order
+        m = schema.ModelT.InitFromPackedBuf(data, 0)
+        sub = m.subgraphs[0]
+        return [[bytes(np.asarray(m.buffers[sub.tensors[t].buffer].data, np.uint8)) for t in op.inputs
+                 if t >= 0 and m.buffers[sub.tensors[t].buffer].data is not None] for op in sub.operators]
+    wa, wb = weights(public), weights(ours)
+    assert wa == wb and sum(map(len, wa)) > 50
+    runs = {}
+    for label, data in (("public", public), ("ours", ours)):
+        it = litert.Interpreter(model_content=data)
+        it.allocate_tensors()
+        i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+        outs = []
+        for img in tiny["x"][:4]:
+            it.set_tensor(i, img[None])
+            it.invoke()
+            outs.append(it.get_tensor(o).copy())
+        runs[label] = np.concatenate(outs)
+    assert np.array_equal(runs["public"], runs["ours"])
+    sig = litert.Interpreter(model_content=ours).get_signature_list()
+    assert sig == {"serving_default": {"inputs": ["input"], "outputs": ["logits"]}}
+    runner = litert.Interpreter(model_content=ours).get_signature_runner("serving_default")
+    assert np.array_equal(runner(input=tiny["x"][:1])["logits"], runs["ours"][:1])
 
 
 def test_structure_from_the_fp32_model_quantizes_like_the_converters(tiny):

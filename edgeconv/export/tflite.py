@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -105,37 +104,80 @@ def calibrate_only(converter) -> bytes:
         return converter.convert()
 
 
-def _direct_converter_class(lite):
-    class DirectSavedModelConverter(lite.TFLiteSavedModelConverterV2):
-        @lite._export_metrics
-        def convert(self):
-            graph_def, _, _ = self._load_saved_model(self.saved_model_dir, self._saved_model_tags)
-            return self._convert_from_saved_model(graph_def)
+def _frozen_converter_class(lite, frozen):
+    class FrozenTwinConverter(lite.TFLiteFrozenGraphConverterV2):
+        """TensorFlow's converter of a concrete function, given the function already frozen."""
 
-    return DirectSavedModelConverter
+        def _freeze_concrete_function(self):
+            return frozen
+
+    return FrozenTwinConverter
 
 
-class SavedModel:
-    """The Keras twin exported once as a SavedModel (in a temp folder, removed on close) for several
-    conversions: ``from_keras_model`` re-exports the model on every call (3.5 s of the 6 s a B0
-    conversion takes here). ``with SavedModel(keras_model) as sm: convert_tflite(sm, ...)``."""
+SIGNATURE_KEY = "serving_default"
+INPUT_NAME, OUTPUT_NAME = "input", "logits"  # as in the ONNX export
+
+
+def with_signature(data: bytes) -> bytes:
+    """``data`` with a ``serving_default`` signature (input ``input``, output ``logits``, the names
+    of the ONNX export) and those names on its I/O tensors: Android's ``Interpreter.runSignature``
+    and LiteRT's signature runners need it; a conversion from a concrete function has none. A model
+    that has a signature is returned as it is."""
+    schema = _schema()
+    if schema.Model.GetRootAsModel(data, 0).SignatureDefsLength():
+        return data
+    from .tflite_int8 import pack_tflite
+
+    model = schema.ModelT.InitFromPackedBuf(data, 0)
+    sub = model.subgraphs[0]
+    if len(sub.inputs) != 1 or len(sub.outputs) != 1:
+        raise ValueError(f"expected one input and one output, got {len(sub.inputs)} and {len(sub.outputs)}")
+
+    def tensor_map(name: str, index: int):
+        m = schema.TensorMapT()
+        m.name, m.tensorIndex = name, int(index)
+        sub.tensors[int(index)].name = name
+        return m
+
+    sig = schema.SignatureDefT()
+    sig.signatureKey, sig.subgraphIndex = SIGNATURE_KEY, 0
+    sig.inputs = [tensor_map(INPUT_NAME, sub.inputs[0])]
+    sig.outputs = [tensor_map(OUTPUT_NAME, sub.outputs[0])]
+    model.signatureDefs = [sig]
+    return pack_tflite(model)
+
+
+class FrozenTwin:
+    """The Keras twin traced once into a frozen graph (weights as constants) for several
+    conversions. ``TFLiteConverter.from_keras_model`` exports a SavedModel on every call and
+    converting an exported SavedModel costs that export once: 7.5 s for TinyNet-E here (three
+    traces of the model, gradient functions, the trackable tree), against 0.9 s to trace once
+    and freeze; ``from_concrete_functions`` freezes again on every conversion (2.4 s for B0). The
+    converted graph is the same (ops, weights, outputs); the I/O names and the signature are set
+    by :func:`with_signature`. ``with FrozenTwin(keras_model) as twin: tflite_bytes(twin, ...)``."""
 
     def __init__(self, keras_model):
         self.hw = _model_hw(keras_model)
-        self._tmp = tempfile.mkdtemp(prefix="edgeconv-savedmodel-")
-        self.path = os.path.join(self._tmp, "model")
         self._fp32: bytes | None = None
-        _import_tf()
+        tf = _import_tf()
+        from tensorflow.python.framework import convert_to_constants
+
         try:
             with _captured_output() as log:
                 try:
-                    keras_model.export(self.path, verbose=False)
+                    fn = tf.function(lambda x: keras_model(x, training=False))
+                    self._function = fn.get_concrete_function(
+                        tf.TensorSpec(tuple(keras_model.inputs[0].shape), tf.float32, name=INPUT_NAME))
+                    frozen_func, graph_def = convert_to_constants.convert_variables_to_constants_v2_as_graph(
+                        self._function, lower_control_flow=False)
                 except Exception as e:
-                    raise TFLiteConversionError(f"Keras SavedModel export failed: {type(e).__name__}: "
+                    raise TFLiteConversionError(f"tracing the Keras model failed: {type(e).__name__}: "
                                                 f"{str(e).strip()[:400]}\n{_log_tail(log())}") from e
         except BaseException:
             self.close()
             raise
+        inputs = [t for t in frozen_func.inputs if t.dtype != tf.resource]
+        self._frozen = (graph_def, inputs, frozen_func.outputs, frozen_func)
 
     def fp32(self) -> bytes:
         """The plain fp32 conversion (made once; int8 calibration starts from it too)."""
@@ -145,31 +187,29 @@ class SavedModel:
         return self._fp32
 
     def converter(self):
-        """A converter of the SavedModel. ``TFLiteConverter.from_saved_model`` loads the whole
-        SavedModel into Python twice (for the signature names, then for stack traces in MLIR error
-        messages) and runs ``gc.collect()``: 1.5 of the 2.4 s a TinyNet-E conversion takes here. The
-        signature is known (Keras's ``export`` writes ``serving_default``), so the converter is made
-        directly; its output is byte-identical apart from the metadata's model type."""
+        """A ``TFLiteConverter`` of the frozen graph (configure it, then ``convert()``)."""
         tf = _import_tf()
         try:
             from tensorflow.lite.python import lite
 
             lite.TFLiteConverterBase._set_original_model_type(lite.conversion_metadata_fb.ModelType.KERAS_MODEL)
-            return _direct_converter_class(lite)(self.path, {"serve"}, ["serving_default"])
+            converter = _frozen_converter_class(lite, self._frozen)([self._function])
         except (ImportError, AttributeError, TypeError):  # another TensorFlow: the public way
-            return tf.lite.TFLiteConverter.from_saved_model(self.path)
+            converter = tf.lite.TFLiteConverter.from_concrete_functions([self._function])
+        converter.experimental_lower_to_saved_model = False
+        return converter
 
     def close(self) -> None:
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._frozen = self._function = None
 
-    def __enter__(self) -> SavedModel:
+    def __enter__(self) -> FrozenTwin:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def calibrated_model(source: SavedModel, calib: np.ndarray, int8_io: bool = False,
+def calibrated_model(source: FrozenTwin, calib: np.ndarray, int8_io: bool = False,
                      ranges: str = "histogram") -> Calibrated:
     """The calibrated float model of ``source`` (input of :func:`quantize_calibrated`).
     ``histogram``: range fields are laid out on the fp32 conversion
@@ -203,7 +243,7 @@ def quantize_calibrated(calibrated: Calibrated | bytes, int8_io: bool = False, f
                                      input_data_type=io_type, output_data_type=io_type,
                                      enable_numeric_verify=numeric_verify,
                                      denylisted_nodes=list(float_nodes) if float_nodes else None)
-    return data if numeric_verify else convert.deduplicate_readonly_buffers(data)
+    return data if numeric_verify else with_signature(convert.deduplicate_readonly_buffers(data))
 
 
 def _write_atomic(data: bytes, out_path: Path) -> None:
@@ -236,7 +276,7 @@ def convert_tflite(model, out_path: str | os.PathLike, precision: str,
 
 def tflite_bytes(model, precision: str, calib_inputs_nhwc: np.ndarray | None = None, int8_io: bool = False,
                  ranges: str = "histogram", float_nodes: list[str] | None = None) -> tuple[bytes, dict[str, Any]]:
-    """Convert ``model`` (a Keras model, NHWC, static H x W, or a :class:`SavedModel` of one, to
+    """Convert ``model`` (a Keras model, NHWC, static H x W, or a :class:`FrozenTwin` of one, to
     convert several precisions from one export) to a .tflite flatbuffer with batch 1.
 
     ``precision``: ``fp32``; ``fp16`` (float16 weights); ``dynamic`` (int8 weights, float
@@ -253,13 +293,13 @@ def tflite_bytes(model, precision: str, calib_inputs_nhwc: np.ndarray | None = N
         raise ValueError("int8_io only applies to precision 'int8'")
     if ranges not in INT8_RANGES:
         raise ValueError(f"unknown int8 ranges {ranges!r} (known: {', '.join(INT8_RANGES)})")
-    hw = model.hw if isinstance(model, SavedModel) else _model_hw(model)
+    hw = model.hw if isinstance(model, FrozenTwin) else _model_hw(model)
     calib = _check_calib(calib_inputs_nhwc, hw) if precision == "int8" else None
 
     tf = _import_tf()
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        source = model if isinstance(model, SavedModel) else stack.enter_context(SavedModel(model))
+        source = model if isinstance(model, FrozenTwin) else stack.enter_context(FrozenTwin(model))
         log = stack.enter_context(_captured_output())
         # "Statistics for quantized inputs were expected": int8 I/O scales come from calibration
         stack.enter_context(warnings.catch_warnings())
@@ -274,6 +314,7 @@ def tflite_bytes(model, precision: str, calib_inputs_nhwc: np.ndarray | None = N
                 converter = source.converter()
                 _configure(converter, tf, precision, None, int8_io)
                 data = converter.convert()
+            data = with_signature(data)
         except Exception as e:
             tail = _log_tail(log())
             raise TFLiteConversionError(f"TFLite conversion ({precision}) failed: "

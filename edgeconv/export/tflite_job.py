@@ -2,7 +2,7 @@
 
 A build has two independent chains: PyTorch -> ONNX -> OpenVINO, and PyTorch -> Keras twin ->
 TFLite. Both are mostly single-threaded work that holds the GIL (``torch.export``, TensorFlow's
-import, SavedModel tracing, the MLIR converter), so threads do not overlap them; a second process
+import, tracing the Keras twin, the MLIR converter), so threads do not overlap them; a second process
 does (``edgeconv build`` on 2 cores, see ``benchmarks/build.py``).
 
 :func:`tflite_events` yields, in order::
@@ -26,6 +26,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -40,21 +41,21 @@ Event = tuple
 def tflite_events(model, precisions: list[str], calib_nhwc: np.ndarray | None = None,
                   int8_io: bool = False) -> Iterator[Event]:
     """Convert the PyTorch ``model`` (an :class:`~edgeconv.models.torch_model.EfficientNet`) to
-    TFLite in each of ``precisions``, from one Keras twin and one SavedModel export. ``calib_nhwc``
+    TFLite in each of ``precisions``, from one Keras twin traced and frozen once. ``calib_nhwc``
     (N x H x W x 3) calibrates int8; ``int8_io`` gives the int8 model int8 input and output."""
     start = time.perf_counter()
-    yield ("start", "keras twin")  # TensorFlow's import, the twin, its SavedModel: once for all
+    yield ("start", "keras twin")  # the twin, traced and frozen: once for all precisions
     from ..models.keras_model import keras_from_torch
-    from .tflite import SavedModel, tflite_bytes
+    from .tflite import FrozenTwin, tflite_bytes
 
-    saved = SavedModel(keras_from_torch(model))
+    twin = FrozenTwin(keras_from_torch(model))
     yield ("done", "keras twin", round(time.perf_counter() - start, 3))
-    with saved:
+    with twin:
         for prec in precisions:
             label = f"tflite/{prec}"
             yield ("start", label)
             t = time.perf_counter()
-            data, info = tflite_bytes(saved, prec, calib_nhwc if prec == "int8" else None,
+            data, info = tflite_bytes(twin, prec, calib_nhwc if prec == "int8" else None,
                                       int8_io=int8_io and prec == "int8")
             seconds = round(time.perf_counter() - t, 3)
             yield ("done", label, seconds)
@@ -71,20 +72,35 @@ def model_state(model) -> tuple[Any, dict[str, np.ndarray]]:
     return model.arch, {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
+def _receive(inbox, received: list) -> None:
+    try:
+        received.append(inbox.recv())
+    except BaseException as e:  # noqa: BLE001 - EOFError (the parent went away) is handled by _child
+        received.append(e)
+
+
 def _child(inbox, conn) -> None:
     """Entry point of the child: import TensorFlow, receive the job (or None: nothing to do), send
     its events, then ("end",) or ("error", exception)."""
     def stop(*_):
-        raise SystemExit(143)  # unwinds: the SavedModel's temp folder is removed
+        raise SystemExit(143)  # unwinds (finally blocks run)
 
     signal.signal(signal.SIGTERM, stop)
+    # The job is read while TensorFlow imports: it is bigger than a pipe's buffer (the calibration
+    # tensors), and the parent's submit() would otherwise wait for the import to end (6-7 s here).
+    received: list = []
+    reader = threading.Thread(target=_receive, args=(inbox, received), name="edgeconv-job-reader", daemon=True)
+    reader.start()
     try:
         conn.send(("start", "tensorflow import"))
         t = time.perf_counter()
         from ..models.keras_model import StateView  # imports TensorFlow and Keras, quietly
 
         conn.send(("done", "tensorflow import", round(time.perf_counter() - t, 3)))
-        job = inbox.recv()
+        reader.join()
+        if isinstance(received[0], BaseException):
+            raise received[0]
+        job = received[0]
         if job is None:
             return
         arch, state, precisions, calib, int8_io = job
