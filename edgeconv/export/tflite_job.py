@@ -140,14 +140,22 @@ class TFLiteProcess:
         self._conn = Connection(os.dup(self._proc.stdout.fileno()), writable=False)
         self._proc.stdin.close()
         self._proc.stdout.close()
-        self.submitted = False
+        self._sender: threading.Thread | None = None
 
     def submit(self, model, precisions: list[str], calib_nhwc: np.ndarray | None = None,
                int8_io: bool = False) -> None:
         """Convert the PyTorch ``model`` to each of ``precisions`` (see :func:`tflite_events`)."""
         arch, state = model_state(model)
-        self._send.send((arch, state, list(precisions), calib_nhwc, int8_io))
-        self.submitted = True
+        job = (arch, state, list(precisions), calib_nhwc, int8_io)
+        # Sent from a thread: tens of MB through a pipe take ~0.5 s here, which the caller spends on
+        # its own work. A send that fails (the child died) shows as the end of the events.
+        self._sender = threading.Thread(target=self._send_quietly, args=(job,), name="edgeconv-job-sender",
+                                        daemon=True)
+        self._sender.start()
+
+    def _send_quietly(self, job) -> None:
+        with contextlib.suppress(OSError):
+            self._send.send(job)
 
     def __iter__(self) -> Iterator[Event]:
         while True:
@@ -165,8 +173,9 @@ class TFLiteProcess:
 
     def close(self) -> None:
         """Stop the child (it is told there is nothing to do if it never got work)."""
-        with contextlib.suppress(OSError):
-            self._send.close()  # EOF: a child waiting for work exits
+        if self._sender is None:
+            with contextlib.suppress(OSError):
+                self._send.close()  # EOF: a child waiting for work exits
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -174,6 +183,10 @@ class TFLiteProcess:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self._sender is not None:
+            self._sender.join()  # the child is gone: a send in flight has failed by now
+            with contextlib.suppress(OSError):
+                self._send.close()
         self._conn.close()
 
     def __enter__(self) -> TFLiteProcess:
