@@ -339,6 +339,12 @@ def _build(recipe, wanted: list[tuple[str, str]], weights: str | None, out: str 
         for event in tflite_events(model, tfl_todo, calib_nhwc, int8_io):
             on_tflite(event)
 
+    def child_failed() -> None:
+        """The TFLite child's error (it died, its conversion failed) stops the build at the next
+        step here, not after the whole ONNX/OpenVINO chain."""
+        if failures:
+            raise failures[0]
+
     try:
         # ---- ONNX (also the input of OpenVINO) ----
         if need_onnx and not reuse("onnx", "fp32"):
@@ -355,6 +361,7 @@ def _build(recipe, wanted: list[tuple[str, str]], weights: str | None, out: str 
         # ---- OpenVINO IR from the ONNX file ----
         ov_source = None
         for prec in [p for f, p in wanted if f == "openvino"]:
+            child_failed()
             if reuse("openvino", prec):
                 continue
             from .export.openvino import convert_openvino, read_onnx
@@ -369,8 +376,7 @@ def _build(recipe, wanted: list[tuple[str, str]], weights: str | None, out: str 
                 record("openvino", prec, info, time.perf_counter() - t)
         if thread is not None:
             thread.join()
-            if failures:
-                raise failures[0]
+            child_failed()
     finally:
         if thread is not None:
             job.close()  # stops the child if this build is failing or interrupted

@@ -3,12 +3,13 @@ library. Heavy libraries (torch, TensorFlow, OpenVINO) are imported inside comma
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
 
 from . import __version__
-from .errors import UserError
+from .errors import ToolError, UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -21,6 +22,13 @@ class Group(click.Group):
             return super().invoke(ctx)
         except UserError as e:
             click.echo(f"edgeconv: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except ToolError as e:
+            if os.environ.get("EDGECONV_DEBUG"):
+                if e.detail:
+                    click.echo(e.detail, err=True)
+                raise
+            click.echo(f"edgeconv: error: {e}\n(EDGECONV_DEBUG=1 shows the traceback)", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("edgeconv: interrupted", err=True)
@@ -269,8 +277,6 @@ cli.add_command(report)
 
 
 def main() -> None:
-    import os
-
     # TensorFlow's C++ start-up chatter (oneDNN notices, absl pre-init warnings) is not for users
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cli(prog_name="edgeconv")

@@ -1,4 +1,5 @@
-"""Errors a user can cause. The CLI prints them as one line on stderr and exits non-zero."""
+"""Errors a user can cause, and failures of the conversion tools. The CLI prints them on stderr
+without a traceback and exits non-zero."""
 
 
 class UserError(Exception):
@@ -9,3 +10,18 @@ class UserError(Exception):
 
 class ArtifactError(UserError):
     """A build artifact is missing, corrupt or does not match PyTorch."""
+
+
+class ToolError(Exception):
+    """A conversion tool failed on a valid input (TensorFlow's converter, the TFLite child process
+    crashed or was killed): its message (the tool's last log lines) without a traceback, exit code
+    3. ``EDGECONV_DEBUG=1`` shows the traceback, and :attr:`detail` if any."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.detail = detail
+
+    def __reduce__(self):  # crosses the pipe from the TFLite child process with its detail
+        return (type(self), (str(self), self.detail))

@@ -224,6 +224,37 @@ def test_interrupted_build_leaves_no_partial_files(tmp_path):
         assert sha256_file(folder / a["path"]) == a["sha256"]
 
 
+def test_killed_tflite_process_is_one_clear_error(tmp_path):
+    """The TFLite child process killed mid-build (what the OOM killer does): the build stops with
+    one error naming it, exit code 3, no traceback; every file left is complete and listed."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "edgeconv.cli", "build", "tinynet-e", "--out", str(tmp_path),
+                             "--calib-size", "16"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, env=env)
+    seen = []
+    child = None
+    deadline = time.time() + 300
+    for line in proc.stderr:
+        seen.append(line)
+        if "… tflite/fp16" in line or time.time() > deadline:
+            ps = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+            child = next(int(f[0]) for f in (ln.split(None, 2) for ln in ps.splitlines()[1:])
+                         if int(f[1]) == proc.pid and "edgeconv.export.tflite_job" in f[2])
+            os.kill(child, signal.SIGKILL)
+            break
+    rest = proc.communicate(timeout=300)[1]
+    errors = [ln for ln in rest.splitlines() if ln.startswith("edgeconv: error:")]
+    assert proc.returncode == 3, "".join(seen) + rest
+    assert errors == ["edgeconv: error: the TFLite conversion process ended without a result (killed by signal 9)"]
+    assert "Traceback" not in rest
+    folder = tmp_path / "tinynet-e"
+    m = json.loads((folder / "manifest.json").read_text())
+    listed = {a["path"] for a in m["artifacts"]}
+    assert "tflite/fp32.tflite" in listed and "tflite/int8.tflite" not in listed
+    on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert on_disk == listed
+
+
 def test_partial_rebuild_keeps_other_artifacts_listed(tmp_path):
     build("tinynet-e", out=tmp_path, formats="onnx,tflite", precisions="fp32")
     m = build("tinynet-e", out=tmp_path, formats="tflite", precisions="fp16")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ToolError
 from ..util import captured_output, import_tensorflow
 from . import PRECISIONS as _FORMAT_PRECISIONS
 from .tflite_int8 import Calibrated, bias_corrected, calibrate_tflite, calibration_structure
@@ -25,7 +26,7 @@ from .tflite_int8 import tflite_schema as _schema
 PRECISIONS = _FORMAT_PRECISIONS["tflite"]
 
 
-class TFLiteConversionError(Exception):
+class TFLiteConversionError(ToolError):
     """The TFLite converter failed; the message carries the tail of its log."""
 
 

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ToolError
+
 Event = tuple
 
 
@@ -62,8 +64,9 @@ def tflite_events(model, precisions: list[str], calib_nhwc: np.ndarray | None = 
             yield ("artifact", prec, data, info, seconds)
 
 
-class TFLiteProcessError(RuntimeError):
-    """The TFLite child process failed in a way its own exceptions do not describe."""
+class TFLiteProcessError(ToolError):
+    """The TFLite child process failed in a way its own exceptions do not describe (it died, or
+    raised an exception that cannot be sent: then :attr:`detail` is its traceback)."""
 
 
 def model_state(model) -> tuple[Any, dict[str, np.ndarray]]:
@@ -113,7 +116,8 @@ def _child(inbox, conn) -> None:
         try:
             pickle.loads(pickle.dumps(e))  # the parent must be able to rebuild it
         except Exception:  # noqa: BLE001 - it does not travel: send its text and traceback
-            e = TFLiteProcessError(f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exception(e)))
+            e = TFLiteProcessError(f"TFLite conversion process: {type(e).__name__}: {e}",
+                                   "".join(traceback.format_exception(e)))
         conn.send(("error", e))
     finally:
         conn.close()
@@ -163,8 +167,8 @@ class TFLiteProcess:
                 event = self._conn.recv()
             except (EOFError, OSError):
                 code = self._proc.wait(10)
-                raise TFLiteProcessError(f"the TFLite conversion process ended without a result "
-                                         f"(exit code {code})") from None
+                how = f"killed by signal {-code}" if code and code < 0 else f"exit code {code}"
+                raise TFLiteProcessError(f"the TFLite conversion process ended without a result ({how})") from None
             if event[0] == "end":
                 return
             if event[0] == "error":
