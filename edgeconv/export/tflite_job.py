@@ -129,7 +129,7 @@ class TFLiteProcess:
     multiprocessing, whose children re-import the caller's main script, and a fork would inherit
     torch's thread pools). The child talks over its stdin and stdout pipes and sits in its own
     session, so Ctrl-C reaches only this process, which then stops it. It starts importing
-    TensorFlow at once (7-8 s here) while this process loads the model; :meth:`submit` then hands
+    TensorFlow at once (5-6 s here) while this process loads the model; :meth:`submit` then hands
     it the work. Iterate for the events; an error in the child is raised here. :meth:`close` stops
     the child if it is still running."""
 
