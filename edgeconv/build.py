@@ -14,17 +14,16 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import __version__
 from .errors import ArtifactError, UserError
-from .export import ALL_PRECISIONS, FORMATS, PRECISIONS
-from .recipe import load_recipe
+from .formats import FORMATS, PRECISIONS, artifact_relpath, buildable, parse_choices, runtime_of
+from .recipe import Recipe, load_recipe
 from .util import atomic_write_bytes, atomic_write_text, sha256_file, sha256_text
 
 MANIFEST = "manifest.json"
@@ -32,6 +31,9 @@ SCHEMA = 1
 PARITY_IMAGES = 16
 FP32_TOLERANCE = 1e-3  # max |diff| relative to the reference logit range
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "tensorflow-cpu", "ai-edge-litert", "openvino", "nncf")
+
+if TYPE_CHECKING:
+    from .export.tflite_job import Event, TFLiteProcess
 
 Progress = Callable[..., None]
 # what shapes an int8 artifact beyond its calibration images (part of its cache key)
@@ -51,29 +53,6 @@ def tool_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def artifact_relpath(model: str, fmt: str, precision: str) -> str:
-    if fmt == "onnx":
-        return f"{model}.onnx"
-    if fmt == "tflite":
-        return f"tflite/{precision}.tflite"
-    return f"openvino/{precision}.xml"
-
-
-def runtime_of(fmt: str) -> str:
-    return {"onnx": "onnxruntime", "tflite": "tflite", "openvino": "openvino"}[fmt]
-
-
-def parse_list(value: str | list[str] | tuple[str, ...] | None, allowed: tuple[str, ...],
-               option: str) -> list[str]:
-    if value is None:
-        return list(allowed)
-    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
-    bad = [v for v in items if v not in allowed]
-    if bad or not items:
-        raise UserError(f"{option} {','.join(bad) or '(empty)'}: choose from {','.join(allowed)}")
-    return items
 
 
 def load_manifest(folder: str | Path) -> dict[str, Any]:
@@ -99,27 +78,13 @@ def parity(reference: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
             "top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean())}
 
 
-@dataclass
-class _State:
-    folder: Path
-    manifest: dict[str, Any]
-    steps: dict[str, float] = field(default_factory=dict)
-
-    def save(self) -> None:
-        self.manifest["steps"] = self.steps
-        self.manifest["artifacts"].sort(key=lambda a: (FORMATS.index(a["format"]),
-                                                       ALL_PRECISIONS.index(a["precision"])))
-        atomic_write_text(self.folder / MANIFEST, json.dumps(self.manifest, indent=2))
-
-
 def build(name: str, weights: str | None = None, formats=None, precisions=None, out: str | Path = "build",
           calib: str | None = None, calib_size: int = 200, int8_io: bool = False, force: bool = False,
           progress: Progress | None = None) -> dict[str, Any]:
     """Build the artifacts of ``name`` (zoo name or recipe path) and return the manifest."""
-    progress = progress or _quiet
-    formats = parse_list(formats, FORMATS, "--formats")
-    precisions = parse_list(precisions, ALL_PRECISIONS, "--precisions")
-    wanted = [(f, p) for f in FORMATS if f in formats for p in PRECISIONS[f] if p in precisions]
+    formats = parse_choices(formats, FORMATS, "--formats")
+    precisions = parse_choices(precisions, PRECISIONS, "--precisions")
+    wanted = buildable(formats, precisions)
     if not wanted:
         raise UserError(f"--formats {','.join(formats)} with --precisions {','.join(precisions)} "
                         "selects no artifact (onnx is fp32 only; dynamic is tflite only)")
@@ -132,259 +97,314 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
 
         job = TFLiteProcess()
     try:
-        return _build(recipe, wanted, weights, out, calib, calib_size, int8_io, force, progress, job)
+        return Builder(recipe, wanted, out=out, weights=weights, calib=calib, calib_size=calib_size,
+                       int8_io=int8_io, force=force, progress=progress or _quiet, job=job).run()
     finally:
         if job is not None:
             job.close()
 
 
-def _build(recipe, wanted: list[tuple[str, str]], weights: str | None, out: str | Path, calib: str | None,
-           calib_size: int, int8_io: bool, force: bool, progress: Progress, job) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    steps: dict[str, float] = {}
+class Builder:
+    """One build: the model, its build folder and manifest, and the artifacts in flight.
 
+    :meth:`run` loads the model, fixes the parity and calibration inputs, then makes each wanted
+    ``(format, precision)``: reused from the old manifest when its cache key and file still match,
+    else exported, parity-checked against PyTorch and recorded. TFLite comes from ``job`` (the child
+    process, if any) on a thread of its own while this thread does ONNX and OpenVINO; :meth:`record`
+    is what both threads call, under :attr:`lock`."""
+
+    def __init__(self, recipe: Recipe, wanted: list[tuple[str, str]], *, out: str | Path, weights: str | None,
+                 calib: str | None, calib_size: int, int8_io: bool, force: bool, progress: Progress,
+                 job: TFLiteProcess | None = None) -> None:
+        self.recipe, self.wanted, self.out, self.weights = recipe, wanted, Path(out), weights
+        self.calib, self.calib_size, self.int8_io, self.force = calib, calib_size, int8_io, force
+        self.progress, self.job = progress, job
+        self.steps: dict[str, float] = {}
+        self.lock = threading.RLock()  # record() runs in two threads when TFLite converts in a child
+        self.recorded: set[tuple[str, str]] = set()  # this run's artifacts already in the manifest
+        self.old: dict[str, dict[str, Any]] = {}  # the previous manifest's artifacts, by cache key
+        self.child_errors: list[BaseException] = []
+        # set by run(): the model, where it goes, and what every artifact is checked against
+        self.model = self.folder = self.manifest = None
+        self.base_key: dict[str, Any] = {}
+        self.base_hash = ""
+        self.parity_inputs = self.reference = self.calib_set = None
+        self.calib_key: str | None = None
+
+    # ---- small helpers ----
     @contextmanager
-    def step(label: str):
-        progress("start", step=label)
+    def step(self, label: str):
+        self.progress("start", step=label)
         t = time.perf_counter()
         yield
-        steps[label] = round(time.perf_counter() - t, 3)
-        progress("done", step=label, seconds=steps[label])
+        self.steps[label] = round(time.perf_counter() - t, 3)
+        self.progress("done", step=label, seconds=self.steps[label])
 
-    with step("load model"):
-        from .models.counting import count_macs, count_params
-        from .models.weights import load_model
+    def path(self, fmt: str, prec: str) -> Path:
+        return self.folder / artifact_relpath(self.recipe.name, fmt, prec)
 
-        model, winfo = load_model(recipe, weights)
-        recipe = recipe.with_classes(winfo.num_classes)
-    if winfo.random:
-        progress("warn", message=f"no --weights given: {recipe.name} is RANDOMLY INITIALISED; latency is "
-                                 "meaningful, accuracy is not")
-    folder = Path(out) / recipe.name
-    folder.mkdir(parents=True, exist_ok=True)
-    old: dict[str, Any] = {}
-    old_entries: list[dict[str, Any]] = []
-    if not force and (folder / MANIFEST).exists():
-        try:
-            old_entries = load_manifest(folder).get("artifacts", [])
-        except ArtifactError:
-            old_entries = []
-        old = {a["key"]: a for a in old_entries if "key" in a}
-    tools = tool_versions()
-    # the tensors themselves (not just the file): random init and code changes show up too
-    fingerprint = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        fingerprint.update(k.encode())
-        fingerprint.update(v.detach().contiguous().numpy().tobytes())
-    base_key = {"recipe": recipe.digest(), "weights": fingerprint.hexdigest(), "tools": tools,
-                "schema": SCHEMA}
-    base_hash = sha256_text(json.dumps(base_key, sort_keys=True))
-    manifest: dict[str, Any] = {
-        "schema": SCHEMA, "model": recipe.name, "recipe": recipe.to_dict(), "recipe_sha256": recipe.digest(),
-        "recipe_path": recipe.path, "weights": winfo.to_dict(), "tools": tools,
-        "params": count_params(model), "macs": count_macs(model, recipe.resolution),
-        "resolution": recipe.resolution, "num_classes": recipe.num_classes,
-        "input": {"layout": "NCHW (onnx, openvino) / NHWC (tflite)", "shape": list(recipe.input_shape),
-                  "preprocess": recipe.to_dict()["preprocess"]},
-        "calibration": None, "artifacts": [], "steps": steps, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    state = _State(folder, manifest, steps)
-    # Artifacts of the same model and weights that this run does not touch stay listed (a build of
-    # one precision must not hide the others), as long as their files are intact.
-    for a in old_entries:
-        if (a.get("format"), a.get("precision")) not in wanted and a.get("base") == base_hash \
-                and (folder / a["path"]).exists() and sha256_file(folder / a["path"]) == a.get("sha256"):
-            manifest["artifacts"].append(dict(a, cached=True))
+    def save(self) -> None:
+        self.manifest["steps"] = self.steps
+        self.manifest["artifacts"].sort(key=lambda a: (FORMATS.index(a["format"]),
+                                                       PRECISIONS.index(a["precision"])))
+        atomic_write_text(self.folder / MANIFEST, json.dumps(self.manifest, indent=2))
 
-    from .data import calibration_set
-
-    with step("parity inputs"):
-        # The same real photos for every build: deterministic parity across artifacts and runs.
-        par = calibration_set(None, recipe.resolution, recipe.preprocess, size=PARITY_IMAGES, seed=1)
-        from .runtimes.pytorch import TorchRunner
-
-        reference = TorchRunner(model).run(par.inputs)
-
-    calib_set = None
-    calib_key = None
-    if any(p == "int8" for _, p in wanted):
-        with step("calibration"):
-            calib_set = calibration_set(calib, recipe.resolution, recipe.preprocess, size=calib_size)
-        if calib_set.warning:
-            progress("warn", message=calib_set.warning)
-        # the preprocessed tensors themselves: any change of images, sampling or preprocessing shows
-        calib_key = hashlib.sha256(calib_set.inputs.tobytes()).hexdigest()
-        manifest["calibration"] = {"source": calib_set.source, "images": int(len(calib_set.inputs)),
-                                   "skipped_undecodable": calib_set.skipped, "requested": calib_size}
-        if calib_set.skipped:
-            progress("warn", message=f"calibration: skipped {calib_set.skipped} undecodable image(s)")
-
-    def key_for(fmt: str, prec: str) -> str:
-        k = dict(base_key, format=fmt, precision=prec)
+    def key_for(self, fmt: str, prec: str) -> str:
+        k = dict(self.base_key, format=fmt, precision=prec)
         if prec == "int8":
-            k["calib"] = calib_key
+            k["calib"] = self.calib_key
             k["int8_scheme"] = INT8_SCHEME[fmt]  # a new range estimator must not reuse old artifacts
             if fmt == "tflite":
-                k["int8_io"] = int8_io
+                k["int8_io"] = self.int8_io
         return sha256_text(json.dumps(k, sort_keys=True))
 
-    def cached(fmt: str, prec: str) -> dict | None:
-        a = old.get(key_for(fmt, prec))
+    def cached(self, fmt: str, prec: str) -> dict | None:
+        """The old manifest's entry for this artifact, if its key matches and its files are intact."""
+        a = self.old.get(self.key_for(fmt, prec))
         if not a or not a.get("parity_ok", False):
             return None
-        p = folder / a["path"]
+        p = self.folder / a["path"]
         if not p.exists() or sha256_file(p) != a["sha256"]:
             return None
         if fmt == "openvino" and not p.with_suffix(".bin").exists():
             return None
         return a
 
-    lock = threading.RLock()  # record() runs in two threads when TFLite converts in a child process
-    recorded: set[tuple[str, str]] = set()
+    def reuse(self, fmt: str, prec: str) -> bool:
+        a = self.cached(fmt, prec)
+        if a is None:
+            return False
+        with self.lock:
+            self.manifest["artifacts"].append(dict(a, cached=True))
+            self.save()
+        self.progress("cached", step=f"{fmt}/{prec}", path=str(self.folder / a["path"]))
+        return True
 
     @contextmanager
-    def producing(fmt: str, prec: str):
+    def producing(self, fmt: str, prec: str):
         """An artifact whose files are in place but not yet in the manifest when the build stops
         (Ctrl-C between the rename and the manifest write) is removed: every file left is listed."""
         try:
             yield
         except BaseException:
-            if (fmt, prec) not in recorded:
-                path = folder / artifact_relpath(recipe.name, fmt, prec)
+            if (fmt, prec) not in self.recorded:
+                path = self.path(fmt, prec)
                 for f in (path, path.with_suffix(".bin")) if fmt == "openvino" else (path,):
                     f.unlink(missing_ok=True)
             raise
 
-    def record(fmt: str, prec: str, info: dict, seconds: float) -> dict:
-        with lock:
-            return _record(fmt, prec, info, seconds)
+    def record(self, fmt: str, prec: str, info: dict, seconds: float) -> dict:
+        """Parity-check the artifact now in place and list it in the manifest (saved at once)."""
+        with self.lock:
+            return self._record(fmt, prec, info, seconds)
 
-    def _record(fmt: str, prec: str, info: dict, seconds: float) -> dict:
-        rel = artifact_relpath(recipe.name, fmt, prec)
-        path = folder / rel
+    def _record(self, fmt: str, prec: str, info: dict, seconds: float) -> dict:
+        rel = artifact_relpath(self.recipe.name, fmt, prec)
+        path = self.folder / rel
         size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if fmt == "openvino" else 0)
-        with step(f"{fmt}/{prec} parity"):
+        with self.step(f"{fmt}/{prec} parity"):
             from .runtimes import open_runner
             from .util import captured_output
 
             with captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate" goes to fd 2
                 runner = open_runner(path, runtime_of(fmt), threads=2)
-            par_result = parity(reference, runner.run(par.inputs))
+            par_result = parity(self.reference, runner.run(self.parity_inputs))
         ok = prec != "fp32" or par_result["rel_diff"] <= FP32_TOLERANCE
         entry = {"format": fmt, "precision": prec, "runtime": runtime_of(fmt), "path": rel,
-                 "size_bytes": size, "sha256": sha256_file(path), "key": key_for(fmt, prec), "base": base_hash,
-                 "ops": info.get("ops", {}), "parity": par_result, "parity_ok": ok,
+                 "size_bytes": size, "sha256": sha256_file(path), "key": self.key_for(fmt, prec),
+                 "base": self.base_hash, "ops": info.get("ops", {}), "parity": par_result, "parity_ok": ok,
                  "seconds": round(seconds, 3), "cached": False}
         for extra in ("float_islands", "transpose_ops", "int8_io", "ranges", "bias_correction"):
             if extra in info:
                 entry[extra] = info[extra]
         if prec == "int8":  # each int8 artifact remembers what it was calibrated on
-            entry["calibration"] = manifest["calibration"]
-        manifest["artifacts"] = [a for a in manifest["artifacts"]
-                                 if (a["format"], a["precision"]) != (fmt, prec)] + [entry]
-        state.save()
-        recorded.add((fmt, prec))
+            entry["calibration"] = self.manifest["calibration"]
+        self.manifest["artifacts"] = [a for a in self.manifest["artifacts"]
+                                      if (a["format"], a["precision"]) != (fmt, prec)] + [entry]
+        self.save()
+        self.recorded.add((fmt, prec))
         if not ok:
             raise ArtifactError(f"{rel}: fp32 artifact does not match PyTorch (max abs diff "
                                 f"{par_result['max_abs_diff']:.3g} = {par_result['rel_diff']:.2e} of the "
                                 f"logit range > {FP32_TOLERANCE:g})")
         return entry
 
-    def reuse(fmt: str, prec: str) -> bool:
-        a = cached(fmt, prec)
-        if a is None:
-            return False
-        with lock:
-            manifest["artifacts"].append(dict(a, cached=True))
-            state.save()
-        progress("cached", step=f"{fmt}/{prec}", path=str(folder / a["path"]))
-        return True
+    # ---- the build ----
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.load_model()
+        self.start_manifest()
+        self.prepare_inputs()
+        tfl_todo = [p for f, p in self.wanted if f == "tflite" and not self.reuse("tflite", p)]
+        thread = self.start_tflite(tfl_todo)
+        try:
+            self.make_onnx_and_openvino()
+            if thread is not None:
+                thread.join()
+                self.raise_child_error()
+        finally:
+            if thread is not None:
+                self.job.close()  # stops the child if this build is failing or interrupted
+                thread.join()
+        self.steps["total"] = round(time.perf_counter() - t0, 3)
+        self.save()
+        return self.manifest
 
-    # ---- TFLite from the NHWC Keras twin: in the child process (if any) while this one does ONNX/OpenVINO ----
-    need_onnx = any(f in ("onnx", "openvino") for f, _ in wanted)
-    onnx_path = folder / artifact_relpath(recipe.name, "onnx", "fp32")
-    ov_todo = [p for f, p in wanted if f == "openvino" and cached(f, p) is None]
-    tfl_todo = [p for f, p in wanted if f == "tflite" and not reuse("tflite", p)]
-    calib_nhwc = np.ascontiguousarray(calib_set.inputs.transpose(0, 2, 3, 1)) if "int8" in tfl_todo else None
+    def load_model(self) -> None:
+        with self.step("load model"):
+            from .models.weights import load_model
 
-    def on_tflite(event: tuple) -> None:
-        if event[0] == "start":
-            progress("start", step=event[1])
-        elif event[0] == "done":
-            steps[event[1]] = event[2]
-            progress("done", step=event[1], seconds=event[2])
-        else:  # ("artifact", precision, flatbuffer, info, seconds)
-            _, prec, data, info, seconds = event
-            with lock, producing("tflite", prec):
-                atomic_write_bytes(folder / artifact_relpath(recipe.name, "tflite", prec), data)
-                record("tflite", prec, info, seconds)
+            self.model, self.winfo = load_model(self.recipe, self.weights)
+            self.recipe = self.recipe.with_classes(self.winfo.num_classes)
+        if self.winfo.random:
+            self.progress("warn", message=f"no --weights given: {self.recipe.name} is RANDOMLY INITIALISED; "
+                                          "latency is meaningful, accuracy is not")
 
-    thread = None
-    failures: list[BaseException] = []
-    if tfl_todo and job is not None:
-        job.submit(model, tfl_todo, calib_nhwc, int8_io)
+    def start_manifest(self) -> None:
+        """The new manifest, keeping the old one's entries for what this run does not touch."""
+        from .models.counting import count_macs, count_params
+
+        recipe, model = self.recipe, self.model
+        self.folder = self.out / recipe.name
+        self.folder.mkdir(parents=True, exist_ok=True)
+        old_entries: list[dict[str, Any]] = []
+        if not self.force and (self.folder / MANIFEST).exists():
+            try:
+                old_entries = load_manifest(self.folder).get("artifacts", [])
+            except ArtifactError:
+                old_entries = []
+            self.old = {a["key"]: a for a in old_entries if "key" in a}
+        tools = tool_versions()
+        # the tensors themselves (not just the file): random init and code changes show up too
+        fingerprint = hashlib.sha256()
+        for k, v in model.state_dict().items():
+            fingerprint.update(k.encode())
+            fingerprint.update(v.detach().contiguous().numpy().tobytes())
+        self.base_key = {"recipe": recipe.digest(), "weights": fingerprint.hexdigest(), "tools": tools,
+                         "schema": SCHEMA}
+        self.base_hash = sha256_text(json.dumps(self.base_key, sort_keys=True))
+        self.manifest = {
+            "schema": SCHEMA, "model": recipe.name, "recipe": recipe.to_dict(), "recipe_sha256": recipe.digest(),
+            "recipe_path": recipe.path, "weights": self.winfo.to_dict(), "tools": tools,
+            "params": count_params(model), "macs": count_macs(model, recipe.resolution),
+            "resolution": recipe.resolution, "num_classes": recipe.num_classes,
+            "input": {"layout": "NCHW (onnx, openvino) / NHWC (tflite)", "shape": list(recipe.input_shape),
+                      "preprocess": recipe.to_dict()["preprocess"]},
+            "calibration": None, "artifacts": [], "steps": self.steps,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        # Artifacts of the same model and weights that this run does not touch stay listed (a build of
+        # one precision must not hide the others), as long as their files are intact.
+        for a in old_entries:
+            if (a.get("format"), a.get("precision")) not in self.wanted and a.get("base") == self.base_hash \
+                    and (self.folder / a["path"]).exists() and sha256_file(self.folder / a["path"]) == a.get("sha256"):
+                self.manifest["artifacts"].append(dict(a, cached=True))
+
+    def prepare_inputs(self) -> None:
+        """The parity images and the PyTorch reference logits; the calibration set if int8 is wanted."""
+        from .data import calibration_set
+
+        recipe = self.recipe
+        with self.step("parity inputs"):
+            # The same real photos for every build: deterministic parity across artifacts and runs.
+            par = calibration_set(None, recipe.resolution, recipe.preprocess, size=PARITY_IMAGES, seed=1)
+            from .runtimes.pytorch import TorchRunner
+
+            self.parity_inputs = par.inputs
+            self.reference = TorchRunner(self.model).run(par.inputs)
+        if not any(p == "int8" for _, p in self.wanted):
+            return
+        with self.step("calibration"):
+            cs = calibration_set(self.calib, recipe.resolution, recipe.preprocess, size=self.calib_size)
+        self.calib_set = cs
+        if cs.warning:
+            self.progress("warn", message=cs.warning)
+        # the preprocessed tensors themselves: any change of images, sampling or preprocessing shows
+        self.calib_key = hashlib.sha256(cs.inputs.tobytes()).hexdigest()
+        self.manifest["calibration"] = {"source": cs.source, "images": int(len(cs.inputs)),
+                                        "skipped_undecodable": cs.skipped, "requested": self.calib_size}
+        if cs.skipped:
+            self.progress("warn", message=f"calibration: skipped {cs.skipped} undecodable image(s)")
+
+    # ---- TFLite, from the NHWC Keras twin ----
+    def on_tflite(self, event: Event) -> None:
+        from .export.tflite_job import ArtifactReady, StepDone, StepStarted
+
+        if isinstance(event, StepStarted):
+            self.progress("start", step=event.step)
+        elif isinstance(event, StepDone):
+            self.steps[event.step] = event.seconds
+            self.progress("done", step=event.step, seconds=event.seconds)
+        elif isinstance(event, ArtifactReady):
+            with self.lock, self.producing("tflite", event.precision):
+                atomic_write_bytes(self.path("tflite", event.precision), event.data)
+                self.record("tflite", event.precision, event.info, event.seconds)
+
+    def start_tflite(self, precisions: list[str]) -> threading.Thread | None:
+        """Convert ``precisions``: in the child process (events drained by the returned thread) if
+        there is one, else right here."""
+        if not precisions:
+            return None
+        calib = None
+        if "int8" in precisions:
+            calib = np.ascontiguousarray(self.calib_set.inputs.transpose(0, 2, 3, 1))
+        if self.job is None:  # TFLite only: nothing to overlap with, no child process
+            from .export.tflite_job import tflite_events
+
+            for event in tflite_events(self.model, precisions, calib, self.int8_io):
+                self.on_tflite(event)
+            return None
+        self.job.submit(self.model, precisions, calib, self.int8_io)
 
         def drain() -> None:
             try:
-                for event in job:
-                    on_tflite(event)
+                for event in self.job:
+                    self.on_tflite(event)
             except BaseException as e:  # noqa: BLE001 - raised in the main thread
-                failures.append(e)
+                self.child_errors.append(e)
 
         thread = threading.Thread(target=drain, name="edgeconv-tflite-events", daemon=True)
         thread.start()
-    elif tfl_todo:  # TFLite only: nothing to overlap with, no child process
-        from .export.tflite_job import tflite_events
+        return thread
 
-        for event in tflite_events(model, tfl_todo, calib_nhwc, int8_io):
-            on_tflite(event)
-
-    def child_failed() -> None:
+    def raise_child_error(self) -> None:
         """The TFLite child's error (it died, its conversion failed) stops the build at the next
         step here, not after the whole ONNX/OpenVINO chain."""
-        if failures:
-            raise failures[0]
+        if self.child_errors:
+            raise self.child_errors[0]
 
-    try:
-        # ---- ONNX (also the input of OpenVINO) ----
-        if need_onnx and not reuse("onnx", "fp32"):
-            with producing("onnx", "fp32"):
-                with step("onnx/fp32"):
+    # ---- ONNX, and OpenVINO IR from the ONNX file ----
+    def make_onnx_and_openvino(self) -> None:
+        need_onnx = any(f in ("onnx", "openvino") for f, _ in self.wanted)
+        onnx_path = self.path("onnx", "fp32")
+        ov_wanted = [p for f, p in self.wanted if f == "openvino"]
+        ov_todo = [p for p in ov_wanted if self.cached("openvino", p) is None]
+        if need_onnx and not self.reuse("onnx", "fp32"):
+            with self.producing("onnx", "fp32"):
+                with self.step("onnx/fp32"):
                     from .export.onnx import export_onnx
 
                     t = time.perf_counter()
-                    info = export_onnx(model, recipe.resolution, onnx_path)
-                record("onnx", "fp32", info, time.perf_counter() - t)
+                    info = export_onnx(self.model, self.recipe.resolution, onnx_path)
+                self.record("onnx", "fp32", info, time.perf_counter() - t)
         elif need_onnx and ov_todo and not onnx_path.exists():
             raise ArtifactError(f"{onnx_path}: missing; rebuild with --force")
 
-        # ---- OpenVINO IR from the ONNX file ----
         ov_source = None
-        for prec in [p for f, p in wanted if f == "openvino"]:
-            child_failed()
-            if reuse("openvino", prec):
+        for prec in ov_wanted:
+            self.raise_child_error()
+            if self.reuse("openvino", prec):
                 continue
             from .export.openvino import convert_openvino, read_onnx
 
-            with producing("openvino", prec):
-                with step(f"openvino/{prec}"):
+            with self.producing("openvino", prec):
+                with self.step(f"openvino/{prec}"):
                     t = time.perf_counter()
                     if ov_source is None:
                         ov_source = read_onnx(onnx_path)  # once for the three IRs
-                    info = convert_openvino(ov_source, folder / artifact_relpath(recipe.name, "openvino", prec),
-                                            prec, calib_set.inputs if prec == "int8" else None)
-                record("openvino", prec, info, time.perf_counter() - t)
-        if thread is not None:
-            thread.join()
-            child_failed()
-    finally:
-        if thread is not None:
-            job.close()  # stops the child if this build is failing or interrupted
-            thread.join()
-
-    steps["total"] = round(time.perf_counter() - t0, 3)
-    state.save()
-    return manifest
+                    info = convert_openvino(ov_source, self.path("openvino", prec), prec,
+                                            self.calib_set.inputs if prec == "int8" else None)
+                self.record("openvino", prec, info, time.perf_counter() - t)
 
 
 def replace_artifact(out: str | Path, fmt: str, precision: str, src: str | Path, model,

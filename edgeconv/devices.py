@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .formats import REMOTE_RUNTIMES
 
 ABIS = ("arm64-v8a", "armeabi-v7a", "x86_64", "x86")
 KINDS = ("android", "board")
-REMOTE_RUNTIMES = ("tflite", "openvino")
 CORE_CHOICES = ("big", "little", "all")
 DEFAULT_WORKDIR = "/data/local/tmp/edgeconv"
 DEFAULT_COOLDOWN_S = 30.0
@@ -243,10 +243,13 @@ def load_profile(path: str | Path) -> Profile:
 
 
 def profile_dirs() -> list[Path]:
-    """Where profiles are looked up: $EDGECONV_DEVICES, ./devices, then the repository's devices/."""
+    """Where profiles are looked up: $EDGECONV_DEVICES, ./devices, then the profiles shipped with
+    edgeconv (see :mod:`edgeconv.resources`)."""
+    from .resources import bundled_dir
+
     env = [Path(p) for p in os.environ.get(ENV_PROFILES, "").split(os.pathsep) if p]
     found: list[Path] = []
-    for d in (*env, Path.cwd() / "devices", Path(__file__).resolve().parents[1] / "devices"):
+    for d in (*env, Path.cwd() / "devices", bundled_dir("devices")):
         if d.is_dir() and d.resolve() not in [f.resolve() for f in found]:
             found.append(d)
     return found

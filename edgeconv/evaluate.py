@@ -281,8 +281,8 @@ def evaluate(name: str, data: str | Path, *, weights: str | None = None, out: st
              formats=None, precisions=None, threads: int = 2, db: str | Path | None = None,
              store: bool = True, progress: Progress | None = None) -> Evaluation:
     """Build NAME's artifacts if missing (cached otherwise), then measure each on ``data``."""
-    from .build import build, parse_list, runtime_of
-    from .export import ALL_PRECISIONS, FORMATS
+    from .build import build
+    from .formats import FORMATS, PRECISIONS, parse_choices, runtime_of
     from .models.weights import load_model
     from .recipe import load_recipe
 
@@ -311,7 +311,7 @@ def evaluate(name: str, data: str | Path, *, weights: str | None = None, out: st
                                  f"e.g. {evdata.skipped[0]}")
     results = [score("pytorch", "fp32", "torch", ref_logits, labels, None, spent)]
     progress("done", step="pytorch/fp32 accuracy", seconds=spent)
-    want_f, want_p = parse_list(formats, FORMATS, "--formats"), parse_list(precisions, ALL_PRECISIONS, "--precisions")
+    want_f, want_p = parse_choices(formats, FORMATS, "--formats"), parse_choices(precisions, PRECISIONS, "--precisions")
     for a in [a for a in manifest["artifacts"] if a["format"] in want_f and a["precision"] in want_p]:
         label = f"{a['format']}/{a['precision']}"
         progress("start", step=f"{label} accuracy")
@@ -441,8 +441,9 @@ def float_fallback(ev: Evaluation, fmt: str, max_drop: float, calib: str | None,
     mixed artifact is left in a work file beside the build's (``Fallback.path``); latency of both
     is measured when ``latency_runs``."""
     from . import quant
-    from .build import load_manifest, runtime_of
+    from .build import load_manifest
     from .data import calibration_set
+    from .formats import runtime_of
     from .recipe import resolve
 
     progress = progress or _quiet
@@ -487,7 +488,8 @@ def check(name: str, data: str | Path, *, weights: str | None = None, out: str |
     int8 artifact over the limit gets a sensitivity pass (:func:`float_fallback`); if that brings it
     within the limit, the mixed artifact replaces it in the build (manifest entry: precision int8,
     ``float_fallback`` = the PyTorch modules kept in float, ``fallback`` = the details)."""
-    from .build import replace_artifact, runtime_of
+    from .build import replace_artifact
+    from .formats import runtime_of
     from .recipe import load_recipe
 
     progress = progress or _quiet

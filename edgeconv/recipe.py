@@ -10,14 +10,16 @@ squeeze-excite with 0.25 of the block's input channels.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+import types
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 from .errors import UserError
 
@@ -108,7 +110,9 @@ def make_divisible(v: float, divisor: int = 8, round_limit: float = 0.9) -> int:
 
 
 def round_channels(channels: int, multiplier: float, divisor: int = 8) -> int:
-    if multiplier == 1.0:
+    """``channels * multiplier`` made divisible by ``divisor`` (at width 1.0 too, as timm's
+    ``round_channels``: 20 channels become 24)."""
+    if not multiplier:
         return channels
     return make_divisible(channels * multiplier, divisor)
 
@@ -120,43 +124,74 @@ def scale_depth(repeats: int, multiplier: float, rounding: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Recipe data
+# Recipe data. The dataclasses are the schema: each field's type and default, and in its metadata
+# where it sits in the YAML file (``yaml``, a dotted path) and what it must satisfy (``choices``,
+# ``check``), drive loading, validation and writing alike. A field without a default is required.
 # ----------------------------------------------------------------------------------------------
-@dataclass
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _within(lo: float, hi: float, hi_open: bool = False, lo_open: bool = False):
+    def check(v: float) -> str | None:
+        ok = (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+        return None if ok else f"must be within {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return check
+
+
+def _at_least(lo: int):
+    return lambda v: None if v >= lo else f"must be at least {lo}"
+
+
+def _three_numbers(v: list[float]) -> str | None:
+    return None if len(v) == 3 else "expected 3 numbers (pixel units, 0..255)"
+
+
+def _spec(yaml_path: str | None = "", *, default: Any = MISSING, choices: tuple[str, ...] | None = None,
+          check: Any = None, omit_none: bool = False) -> Any:
+    """A recipe field: ``yaml_path`` (dotted; "" = the field's name; None = not in the file),
+    ``choices`` or ``check`` (value -> reason or None), ``omit_none`` (not written when None)."""
+    meta = {"yaml": yaml_path, "choices": choices, "check": check, "omit_none": omit_none}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(kw_only=True)
 class Preprocess:
-    mean: list[float]  # pixel units (0..255)
-    std: list[float]  # pixel units (0..255)
-    crop_fraction: float = 0.875
-    interpolation: str = "bicubic"
+    mean: list[float] = _spec(check=_three_numbers)  # pixel units (0..255)
+    std: list[float] = _spec(check=lambda v: _three_numbers(v) or (None if min(v) > 0 else "must be > 0"))
+    crop_fraction: float = _spec(check=_within(0, 1, lo_open=True))
+    interpolation: str = _spec(choices=INTERPOLATIONS)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Recipe:
-    name: str
-    family: str
-    description: str
-    stages: list[StageSpec]
-    width: float
-    depth: float
-    resolution: int
-    depth_rounding: str
-    fix_first_last: bool
-    channel_divisor: int
-    stem_channels: int
-    stem_scaled: bool
-    head_channels: int
-    head_rule: str
-    activation: str
-    bn_eps: float
-    padding: str
-    dropout: float
-    num_classes: int
-    preprocess: Preprocess
-    resolution_multiplier: float | None = None
-    max_drop: float = 1.0
-    published: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    path: str | None = None
+    name: str = _spec()
+    family: str = _spec()
+    description: str = _spec(default="")
+    stages: list[StageSpec] = _spec("arch.stages")
+    width: float = _spec("arch.width", check=_positive)
+    depth: float = _spec("arch.depth", check=_positive)
+    resolution: int = _spec("arch.resolution", check=_at_least(16))
+    resolution_multiplier: float | None = _spec("arch.resolution_multiplier", default=None, omit_none=True)
+    depth_rounding: str = _spec("arch.depth_rounding", choices=DEPTH_ROUNDING)
+    fix_first_last: bool = _spec("arch.fix_first_last", default=False)
+    channel_divisor: int = _spec("arch.channel_divisor", default=8)
+    stem_channels: int = _spec("arch.stem.channels")
+    stem_scaled: bool = _spec("arch.stem.scaled")
+    head_channels: int = _spec("arch.head.channels")
+    head_rule: str = _spec("arch.head.rule", choices=HEAD_RULES)
+    activation: str = _spec("arch.activation", choices=ACTIVATIONS)
+    bn_eps: float = _spec("arch.bn_eps", check=_positive)
+    padding: str = _spec("arch.padding", choices=PADDINGS)
+    dropout: float = _spec("arch.dropout", check=_within(0, 1, hi_open=True))
+    num_classes: int = _spec("arch.num_classes", default=1000)
+    preprocess: Preprocess = _spec()
+    max_drop: float = _spec("quantization.max_drop", default=1.0)
+    published: dict[str, Any] = _spec(default={})
+    provenance: dict[str, Any] = _spec(default={})
+    path: str | None = _spec(None, default=None)  # where it was loaded from; not part of the recipe
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -173,134 +208,124 @@ class Recipe:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
     def with_classes(self, num_classes: int) -> Recipe:
-        from dataclasses import replace
-
         return replace(self, num_classes=num_classes)
-
-
-# Schema: key -> (type(s), required). Nested mappings have their own schema.
-_SCHEMA: dict[str, Any] = {
-    "name": (str, True),
-    "family": (str, True),
-    "description": (str, False),
-    "arch": ({
-        "stages": (list, True),
-        "width": ((int, float), True),
-        "depth": ((int, float), True),
-        "resolution": (int, True),
-        "resolution_multiplier": ((int, float), False),
-        "depth_rounding": (str, True),
-        "fix_first_last": (bool, False),
-        "channel_divisor": (int, False),
-        "stem": ({"channels": (int, True), "scaled": (bool, True)}, True),
-        "head": ({"channels": (int, True), "rule": (str, True)}, True),
-        "activation": (str, True),
-        "bn_eps": ((int, float), True),
-        "padding": (str, True),
-        "dropout": ((int, float), True),
-        "num_classes": (int, False),
-    }, True),
-    "preprocess": ({
-        "mean": (list, True),
-        "std": (list, True),
-        "crop_fraction": ((int, float), True),
-        "interpolation": (str, True),
-    }, True),
-    "quantization": ({"max_drop": ((int, float), False)}, False),
-    "published": (dict, False),
-    "provenance": (dict, False),
-}
 
 
 class RecipeError(UserError):
     pass
 
 
-def _check(data: Any, schema: dict[str, Any], where: str, prefix: str = "") -> None:
+@functools.cache
+def _yaml_fields(cls: type) -> list[tuple[Field, str, Any]]:
+    """(field, dotted YAML path, type) of every field of ``cls`` stored in the file."""
+    hints = get_type_hints(cls, globals())
+    return [(f, f.metadata["yaml"] or f.name, hints[f.name]) for f in fields(cls) if f.metadata["yaml"] is not None]
+
+
+def _key_tree(cls: type) -> dict[str, Any]:
+    """The nested mapping of YAML keys ``cls`` knows, in file order (leaves: None)."""
+    tree: dict[str, Any] = {}
+    for _, path, _ in _yaml_fields(cls):
+        node = tree
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = None
+    return tree
+
+
+def _check_keys(data: Any, tree: dict[str, Any], where: str, prefix: str) -> None:
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: {prefix.rstrip('.') or 'top level'}: expected a mapping")
-    for key in data:
-        if key not in schema:
-            raise RecipeError(f"{where}: {prefix}{key}: unknown key (known: {', '.join(schema)})")
-    for key, (typ, required) in schema.items():
-        if key not in data:
-            if required:
-                raise RecipeError(f"{where}: {prefix}{key}: missing")
-            continue
-        val = data[key]
-        if isinstance(typ, dict):
-            _check(val, typ, where, f"{prefix}{key}.")
-            continue
-        ok = isinstance(val, typ) and not (isinstance(val, bool) and typ is not bool and bool not in
-                                           (typ if isinstance(typ, tuple) else (typ,)))
-        if not ok:
-            tn = "/".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
-            raise RecipeError(f"{where}: {prefix}{key}: expected {tn}, got {type(val).__name__} {val!r}")
+    for key, val in data.items():
+        if key not in tree:
+            raise RecipeError(f"{where}: {prefix}{key}: unknown key (known: {', '.join(tree)})")
+        if tree[key] is not None:
+            _check_keys(val, tree[key], where, f"{prefix}{key}.")
 
 
-def _choice(val: str, choices: tuple[str, ...], where: str, fieldname: str) -> str:
-    if val not in choices:
-        raise RecipeError(f"{where}: {fieldname}: {val!r} is not one of {', '.join(choices)}")
-    return val
+_TYPE_NAMES = {str: "str", int: "int", float: "int/float", bool: "bool", list: "list", dict: "dict"}
+
+
+def _convert(value: Any, typ: Any, where: str, path: str) -> Any:
+    """``value`` as ``typ`` (a field's annotation), or a RecipeError naming the field."""
+    if is_dataclass(typ):
+        return _load(typ, value, where, f"{path}.")
+    origin, args = get_origin(typ), get_args(typ)
+    if origin is types.UnionType:  # X | None
+        return None if value is None else _convert(value, next(a for a in args if a is not type(None)), where, path)
+    base = origin or typ
+    if base in (int, float):  # a bool is an int to Python, not to a recipe
+        ok = isinstance(value, int if base is int else (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, base)
+    if not ok:
+        raise RecipeError(f"{where}: {path}: expected {_TYPE_NAMES[base]}, got {type(value).__name__} {value!r}")
+    if base is float:
+        return float(value)
+    if base is list:
+        item = args[0]
+        out = []
+        for i, v in enumerate(value):
+            if item is StageSpec:
+                try:
+                    out.append(parse_stage(v))
+                except ValueError as e:
+                    raise RecipeError(f"{where}: {path}[{i}]: {e}") from None
+            elif item is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+                out.append(float(v))
+            else:
+                raise RecipeError(f"{where}: {path}[{i}]: expected {_TYPE_NAMES[item]}, got {v!r}")
+        if not out:
+            raise RecipeError(f"{where}: {path}: empty")
+        return out
+    return value
+
+
+def _load(cls: type, data: Any, where: str, prefix: str = "") -> Any:
+    """An instance of the dataclass ``cls`` from its YAML mapping, every field validated."""
+    _check_keys(data, _key_tree(cls), where, prefix)
+    kwargs: dict[str, Any] = {}
+    for f, path, typ in _yaml_fields(cls):
+        node: Any = data
+        for key in path.split("."):
+            node = node.get(key, MISSING) if isinstance(node, dict) else MISSING
+        full = prefix + path
+        if node is MISSING:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise RecipeError(f"{where}: {full}: missing")
+            continue
+        value = _convert(node, typ, where, full)
+        meta = f.metadata
+        if meta.get("choices") and value not in meta["choices"]:
+            raise RecipeError(f"{where}: {full}: {value!r} is not one of {', '.join(meta['choices'])}")
+        if meta.get("check") and value is not None and (why := meta["check"](value)):
+            raise RecipeError(f"{where}: {full}: {why}")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    """The YAML mapping of a recipe dataclass (the inverse of :func:`_load`)."""
+    out: dict[str, Any] = {}
+    for f, path, _ in _yaml_fields(type(obj)):
+        value = getattr(obj, f.name)
+        if value is None and f.metadata.get("omit_none"):
+            continue
+        if is_dataclass(value):
+            value = _dump(value)
+        elif isinstance(value, list):
+            value = [v.to_string() if isinstance(v, StageSpec) else v for v in value]
+        node = out
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
 
 
 def recipe_from_dict(data: Any, where: str = "<recipe>") -> Recipe:
-    _check(data, _SCHEMA, where)
-    a, p = data["arch"], data["preprocess"]
-    stages = []
-    for i, s in enumerate(a["stages"]):
-        try:
-            stages.append(parse_stage(s))
-        except ValueError as e:
-            raise RecipeError(f"{where}: arch.stages[{i}]: {e}") from None
-    if not stages:
-        raise RecipeError(f"{where}: arch.stages: empty")
-    for key in ("width", "depth", "bn_eps"):
-        if a[key] <= 0:
-            raise RecipeError(f"{where}: arch.{key}: must be > 0")
-    if not 0 <= a["dropout"] < 1:
-        raise RecipeError(f"{where}: arch.dropout: must be within [0, 1)")
-    if a["resolution"] < 16:
-        raise RecipeError(f"{where}: arch.resolution: must be at least 16")
-    for key in ("mean", "std"):
-        v = p[key]
-        if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-            raise RecipeError(f"{where}: preprocess.{key}: expected 3 numbers (pixel units, 0..255)")
-    if any(x <= 0 for x in p["std"]):
-        raise RecipeError(f"{where}: preprocess.std: must be > 0")
-    if not 0 < p["crop_fraction"] <= 1:
-        raise RecipeError(f"{where}: preprocess.crop_fraction: must be within (0, 1]")
-    return Recipe(
-        name=data["name"],
-        family=data["family"],
-        description=data.get("description", ""),
-        stages=stages,
-        width=float(a["width"]),
-        depth=float(a["depth"]),
-        resolution=a["resolution"],
-        resolution_multiplier=a.get("resolution_multiplier"),
-        depth_rounding=_choice(a["depth_rounding"], DEPTH_ROUNDING, where, "arch.depth_rounding"),
-        fix_first_last=a.get("fix_first_last", False),
-        channel_divisor=a.get("channel_divisor", 8),
-        stem_channels=a["stem"]["channels"],
-        stem_scaled=a["stem"]["scaled"],
-        head_channels=a["head"]["channels"],
-        head_rule=_choice(a["head"]["rule"], HEAD_RULES, where, "arch.head.rule"),
-        activation=_choice(a["activation"], ACTIVATIONS, where, "arch.activation"),
-        bn_eps=float(a["bn_eps"]),
-        padding=_choice(a["padding"], PADDINGS, where, "arch.padding"),
-        dropout=float(a["dropout"]),
-        num_classes=a.get("num_classes", 1000),
-        preprocess=Preprocess(
-            mean=[float(x) for x in p["mean"]],
-            std=[float(x) for x in p["std"]],
-            crop_fraction=float(p["crop_fraction"]),
-            interpolation=_choice(p["interpolation"], INTERPOLATIONS, where, "preprocess.interpolation"),
-        ),
-        max_drop=float(data.get("quantization", {}).get("max_drop", 1.0)),
-        published=data.get("published", {}) or {},
-        provenance=data.get("provenance", {}) or {},
-    )
+    return _load(Recipe, data, where)
 
 
 def load_recipe_file(path: str | Path) -> Recipe:
@@ -325,44 +350,20 @@ def load_recipe_file(path: str | Path) -> Recipe:
 def recipe_to_yaml(recipe: Recipe) -> str:
     import yaml
 
-    d = {
-        "name": recipe.name,
-        "family": recipe.family,
-        "description": recipe.description,
-        "arch": {
-            "stages": [s.to_string() for s in recipe.stages],
-            "width": recipe.width,
-            "depth": recipe.depth,
-            "resolution": recipe.resolution,
-            **({"resolution_multiplier": recipe.resolution_multiplier}
-               if recipe.resolution_multiplier is not None else {}),
-            "depth_rounding": recipe.depth_rounding,
-            "fix_first_last": recipe.fix_first_last,
-            "channel_divisor": recipe.channel_divisor,
-            "stem": {"channels": recipe.stem_channels, "scaled": recipe.stem_scaled},
-            "head": {"channels": recipe.head_channels, "rule": recipe.head_rule},
-            "activation": recipe.activation,
-            "bn_eps": recipe.bn_eps,
-            "padding": recipe.padding,
-            "dropout": recipe.dropout,
-            "num_classes": recipe.num_classes,
-        },
-        "preprocess": asdict(recipe.preprocess),
-        "quantization": {"max_drop": recipe.max_drop},
-        "published": recipe.published,
-        "provenance": recipe.provenance,
-    }
-    return yaml.safe_dump(d, sort_keys=False, width=100)
+    return yaml.safe_dump(_dump(recipe), sort_keys=False, width=100)
 
 
 # ----------------------------------------------------------------------------------------------
 # Finding recipes
 # ----------------------------------------------------------------------------------------------
 def recipes_dir() -> Path:
+    """$EDGECONV_RECIPES, or the recipes shipped with edgeconv (see :mod:`edgeconv.resources`)."""
     env = os.environ.get("EDGECONV_RECIPES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "recipes"
+    from .resources import bundled_dir
+
+    return bundled_dir("recipes")
 
 
 def recipe_names() -> list[str]:

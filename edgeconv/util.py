@@ -1,9 +1,10 @@
-"""Small shared helpers: atomic writes, hashing, timing."""
+"""Small shared helpers: atomic writes, hashing, quiet imports."""
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import secrets
 import sys
 import tempfile
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
@@ -16,16 +17,27 @@ def atomic_path(target: str | Path, suffix: str | None = None):
     error (Ctrl-C included) it is removed, so ``target`` is never half-written."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix or ".tmp",
-                               dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = new_temp_file(target.parent, f".{target.name}.", suffix or target.suffix or ".tmp")
     try:
         yield tmp_path
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def new_temp_file(folder: str | Path, prefix: str, suffix: str) -> Path:
+    """Create an empty, uniquely named file in ``folder`` with the permissions the user's umask gives
+    a new file (0644 under umask 022; ``tempfile.mkstemp`` would make it 0600), and return its path.
+    Renamed into place, it keeps them."""
+    for _ in range(100):
+        path = Path(folder) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{folder}: no free temporary file name")
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:

@@ -27,7 +27,8 @@ from click.testing import CliRunner
 from edgeconv.bench.adb import Adb
 from edgeconv.bench.android import DeviceSession, RemoteOptions, parse_temperature
 from edgeconv.bench.run import run_bench
-from edgeconv.cli_bench import bench, report
+from edgeconv.cli.bench import bench
+from edgeconv.cli.results import report
 from edgeconv.devices import load_profile
 from edgeconv.store import Store
 from tests.adb_emulator import LEGACY_FEATURES, free_tcp_port

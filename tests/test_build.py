@@ -107,7 +107,7 @@ def test_tflite_child_process_gives_the_in_process_bytes(tinynet_e_build, imagen
 def test_tflite_child_process_errors_reach_the_parent():
     import numpy as np
 
-    from edgeconv.export.tflite_job import TFLiteProcess
+    from edgeconv.export.tflite_job import ArtifactReady, StepDone, StepStarted, TFLiteProcess
     from edgeconv.models.torch_model import build_model
     from edgeconv.recipe import load_recipe
 
@@ -117,9 +117,12 @@ def test_tflite_child_process_errors_reach_the_parent():
         events = []
         with pytest.raises(ValueError, match="calibration inputs must be N x 106 x 106 x 3"):
             for e in job:
-                events.append(e[:2])
-    assert events[:3] == [("start", "tensorflow import"), ("done", "tensorflow import"), ("start", "keras twin")]
-    assert ("artifact", "fp32") in events  # what came before the error arrived
+                events.append(e)
+    assert events[0] == StepStarted("tensorflow import")
+    assert isinstance(events[1], StepDone) and events[1].step == "tensorflow import"
+    assert events[2] == StepStarted("keras twin")
+    # what came before the error arrived
+    assert [e.precision for e in events if isinstance(e, ArtifactReady)] == ["fp32"]
 
 
 def test_int8_io(tmp_path):

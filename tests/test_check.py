@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgeconv.build import load_manifest
-from edgeconv.cli_eval import check_cmd
+from edgeconv.cli.accuracy import check_cmd
 from edgeconv.errors import UserError
 from edgeconv.evaluate import CheckFailed, Evaluation, Result, gate, junit_xml
 from edgeconv.export.tflite import float_islands

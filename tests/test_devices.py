@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from edgeconv.cli_bench import devices
+from edgeconv.cli.bench import devices
 from edgeconv.devices import (
     Cpu,
     ProfileError,

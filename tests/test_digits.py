@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from edgeconv.build import load_manifest
-from edgeconv.cli_eval import check_cmd
+from edgeconv.cli.accuracy import check_cmd
 from edgeconv.data import load_image
 from edgeconv.recipe import load_recipe
 from edgeconv.util import sha256_file

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeconv.cli_eval import eval_cmd
+from edgeconv.cli.accuracy import eval_cmd
 from edgeconv.data import labelled_set
 from edgeconv.evaluate import load_eval_data, topk_accuracy
 from edgeconv.recipe import load_recipe

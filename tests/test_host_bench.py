@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from edgeconv.bench.host import BenchJob, run_job
 from edgeconv.bench.run import ensure_artifacts
-from edgeconv.cli_bench import bench
+from edgeconv.cli.bench import bench
 from edgeconv.errors import UserError
 from edgeconv.store import Store
 
@@ -121,7 +121,7 @@ def error_line(result) -> str:
 def test_light_imports() -> None:
     """The worker must run where only a TFLite runtime exists; the CLI module must not slow down
     `edgeconv --help` (no numpy until a command runs)."""
-    code = ("import sys, edgeconv.cli_bench; a = sorted({'numpy', 'sqlite3'} & set(sys.modules)); "
+    code = ("import sys, edgeconv.cli.bench; a = sorted({'numpy', 'sqlite3'} & set(sys.modules)); "
             "import edgeconv.bench.host; print(a, sorted({'torch', 'tensorflow'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[] []"
@@ -178,9 +178,9 @@ def test_two_threads_are_not_pinned(built: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, line", [
     (["--runtime", "tensorrt"],
-     "edgeconv: error: unknown runtime 'tensorrt' (choose from tflite, openvino, onnxruntime)"),
+     "edgeconv: error: --runtime tensorrt: choose from tflite,openvino,onnxruntime"),
     (["--precisions", "fp32,int4"],
-     "edgeconv: error: unknown precision 'int4' (choose from fp32, fp16, dynamic, int8)"),
+     "edgeconv: error: --precisions int4: choose from fp32,fp16,dynamic,int8"),
     (["--device", "android", "--runtime", "onnxruntime"],
      "edgeconv: error: --device android runs tflite and openvino only, not onnxruntime"),
     (["--runtime", "onnxruntime", "--precisions", "int8"],
@@ -271,7 +271,7 @@ def test_hung_or_crashed_worker_is_a_failed_result(built: Path) -> None:
     assert rec.timings_ns is None
 
 
-BENCH_PROCESS = "import sys; from edgeconv.cli_bench import bench; bench(sys.argv[1:], prog_name='edgeconv')"
+BENCH_PROCESS = "import sys; from edgeconv.cli.bench import bench; bench(sys.argv[1:], prog_name='edgeconv')"
 
 
 def test_killed_bench_keeps_earlier_results(built: Path, tmp_path: Path) -> None:

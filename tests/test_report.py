@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgeconv.cli_bench import report, results
+from edgeconv.cli.results import report, results
 from edgeconv.errors import UserError
 from edgeconv.report import (
     FAMILY_STYLE,

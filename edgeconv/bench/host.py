@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..formats import RUNTIMES
 from ..store import RunRecord, now_iso
 from ..sysinfo import cpu_temperature
 from ..util import atomic_write_text
 
-HOST_RUNTIMES = ("tflite", "openvino", "onnxruntime")
+HOST_RUNTIMES = RUNTIMES  # every format's runtime runs on the host
 PROGRESS_PREFIX = "@edgeconv-progress "
 OVERHEAD_RUNS = 1000  # iterations of the empty loop that measures the harness's own cost
 LOG_LIMIT = 20_000  # characters of runtime log kept per run

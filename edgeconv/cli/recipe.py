@@ -1,0 +1,47 @@
+"""``edgeconv recipe ...``: new recipes from the paper's formulas."""
+from __future__ import annotations
+
+import click
+
+from .common import Group, echo_json, json_option
+
+
+@click.group("recipe", cls=Group)
+def recipe_cmd() -> None:
+    """Make new recipes."""
+
+
+@recipe_cmd.command("tiny")
+@click.option("--flops", required=True, help="MACs budget, e.g. 50M, 0.1G, 24000000.")
+@click.option("--name", help="Name of the new recipe (default tinynet-<budget>).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe YAML here.")
+@json_option
+def recipe_tiny(flops: str, name: str | None, output: str | None, as_json: bool) -> None:
+    """A TinyNet-style recipe for a FLOPs budget (the paper's tiny formula).
+
+    Resolution and depth are chosen first (r > d > w in importance), interpolated from TinyNet-A..E;
+    then w = sqrt(c / (r^2 d)) relative to EfficientNet-B0. The MACs actually reached are measured
+    from the built model and reported."""
+    from ..recipe import recipe_to_yaml
+    from ..tiny import parse_flops, tiny_recipe
+
+    budget = parse_flops(flops)
+    res = tiny_recipe(budget, name=name)
+    _write(res.recipe, output)
+    if as_json:
+        echo_json(res.to_dict() | {"output": output})
+        return
+    click.echo(f"budget {budget / 1e6:.1f}M MACs (c = {res.c:.4f} of EfficientNet-B0)")
+    click.echo(f"r = {res.r:.4f} (input {res.recipe.resolution})  d = {res.d:.4f}  "
+               f"w = sqrt(c / (r^2 d)) = {res.w_formula:.4f}")
+    click.echo(f"reached {res.macs / 1e6:.2f}M MACs ({100 * (res.macs / budget - 1):+.1f} % vs budget), "
+               f"{res.params / 1e6:.2f}M params")
+    click.echo(f"wrote {output}" if output else recipe_to_yaml(res.recipe))
+
+
+def _write(recipe, output: str | None) -> None:
+    if output:
+        from ..recipe import recipe_to_yaml
+        from ..util import atomic_write_text
+
+        atomic_write_text(output, recipe_to_yaml(recipe))
