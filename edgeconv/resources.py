@@ -11,8 +11,8 @@ from importlib import resources
 from pathlib import Path
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
-# folder in the repository -> package that carries it in the wheel
-_PACKAGES = {"recipes": "edgeconv.recipes", "devices": "edgeconv.device_profiles"}
+# folder in the repository -> folder inside the installed package
+_PACKAGED = {"recipes": "recipes", "devices": "device_profiles"}
 
 
 def _in_checkout() -> bool:
@@ -22,11 +22,8 @@ def _in_checkout() -> bool:
 
 def bundled_dir(kind: str) -> Path:
     """The shipped ``recipes`` or ``devices`` folder (a real folder: wheels install unzipped)."""
-    if kind not in _PACKAGES:
+    if kind not in _PACKAGED:
         raise ValueError(f"unknown data folder {kind!r}")
     if _in_checkout():
         return _CHECKOUT / kind
-    try:
-        return Path(str(resources.files(_PACKAGES[kind])))
-    except ModuleNotFoundError:
-        return _CHECKOUT / kind  # not installed and not a checkout: nothing there, callers say so
+    return Path(str(resources.files("edgeconv") / _PACKAGED[kind]))

@@ -1,9 +1,76 @@
-"""The model zoo as the CLI shows it: one row per recipe, counts measured from the built module."""
+"""The model zoo as the CLI shows it: one row per recipe, counts measured from the built module.
+
+Measuring means building the PyTorch module (on the meta device), which needs torch; the counts are
+therefore kept in a small cache (``$EDGECONV_CACHE`` or the user cache folder, ``counts.json``)
+keyed by the recipe's content hash and the builder's source, so a warm ``edgeconv models`` imports
+no torch at all.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .recipe import Recipe, load_recipe, recipe_names, resolve, sorted_names
+
+ENV_CACHE = "EDGECONV_CACHE"
+_COUNTED_BY = ("models/torch_model.py", "models/counting.py", "recipe.py")  # their code shapes the counts
+
+
+def cache_dir() -> Path:
+    """``$EDGECONV_CACHE``, else ``$XDG_CACHE_HOME/edgeconv`` (``~/.cache/edgeconv``)."""
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeconv"
+
+
+def _builder_digest() -> str:
+    h = hashlib.sha256(__version__.encode())
+    here = Path(__file__).resolve().parent
+    for rel in _COUNTED_BY:
+        h.update((here / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+class CountsCache:
+    """(params, MACs) per recipe digest, for one version of the builder's code. A cache that cannot
+    be read or written is only slower, never an error."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.path = (folder or cache_dir()) / "counts.json"
+        self.builder = _builder_digest()
+        self.entries: dict[str, list[int]] = {}
+        self.dirty = False
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("builder") == self.builder and isinstance(data.get("counts"), dict):
+                self.entries = data["counts"]
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def measure(self, recipe: Recipe) -> tuple[int, int]:
+        key = recipe.digest()
+        hit = self.entries.get(key)
+        if isinstance(hit, list) and len(hit) == 2:
+            return hit[0], hit[1]
+        params, macs = measure(recipe)
+        self.entries[key] = [params, macs]
+        self.dirty = True
+        return params, macs
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        from .util import atomic_write_text
+
+        try:
+            atomic_write_text(self.path, json.dumps({"builder": self.builder, "counts": self.entries}))
+        except OSError:
+            pass
 
 
 def measure(recipe: Recipe) -> tuple[int, int]:
@@ -22,23 +89,27 @@ def measure(recipe: Recipe) -> tuple[int, int]:
 
 def zoo_table(family: str | None = None) -> list[dict[str, Any]]:
     rows = []
+    counts = CountsCache()
     for name in sorted_names(recipe_names()):
         r = load_recipe(name)
         if family and r.family != family:
             continue
-        params, macs = measure(r)
+        params, macs = counts.measure(r)
         rows.append({
             "name": r.name, "family": r.family, "resolution": r.resolution, "params": params,
             "macs": macs, "paper_top1": r.published.get("top1"), "paper_flops": r.published.get("flops"),
             "source": r.published.get("source"),
         })
+    counts.save()
     return rows
 
 
 def describe(name: str) -> dict[str, Any]:
     r = load_recipe(name)
     arch = resolve(r)
-    params, macs = measure(r)
+    counts = CountsCache()
+    params, macs = counts.measure(r)
+    counts.save()
     size = (r.resolution + 1) // 2  # after the stride-2 stem
     stem_out = f"{arch.stem_chs}x{size}x{size}"
     stages = []

@@ -28,3 +28,4 @@ def imagenet_sample() -> Path:
 def _isolated_state(tmp_path_factory, monkeypatch):
     """Never touch the user's results DB or build folder from tests."""
     monkeypatch.setenv("EDGECONV_DB", str(tmp_path_factory.mktemp("db") / "results.db"))
+    monkeypatch.setenv("EDGECONV_CACHE", str(tmp_path_factory.mktemp("cache")))

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ToolError
+from ..formats import TABLE
 from ..util import captured_output, import_tensorflow, new_temp_file
-from . import PRECISIONS as _FORMAT_PRECISIONS
 from .tflite_int8 import Calibrated, bias_corrected, calibrate_tflite, calibration_structure
 from .tflite_int8 import tflite_schema as _schema
 
-PRECISIONS = _FORMAT_PRECISIONS["tflite"]
+PRECISIONS = TABLE["tflite"].precisions
 
 
 class TFLiteConversionError(ToolError):
