@@ -191,8 +191,8 @@ def artifact_logits(path: str | Path, runtime: str, data: EvalData, threads: int
 
 
 def torch_logits(model, data: EvalData, threads: int = 2, batch: int = 8) -> tuple[np.ndarray, float]:
-    """PyTorch fp32 logits, batched, channels-last (2-3x faster on CPU than NCHW at batch 64; the
-    arithmetic is the same float32 convolution)."""
+    """PyTorch fp32 logits, batched, channels-last (faster on CPU than NCHW; the arithmetic is the
+    same float32 convolution)."""
     import copy
 
     import torch

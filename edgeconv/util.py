@@ -99,7 +99,7 @@ def import_tensorflow():
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     # Keras (which TensorFlow imports) imports scikit-learn and matplotlib.pyplot, if they can be
     # imported, for its sklearn wrappers and plotting helpers; edgeconv uses neither through Keras.
-    # Hidden while TensorFlow loads (importable again afterwards): 2.8 of the 9.4 s here.
+    # Hidden while TensorFlow loads (importable again afterwards): a good part of the import time.
     hidden = [name for name in OPTIONAL_FOR_KERAS if name not in sys.modules]
     sys.modules.update(dict.fromkeys(hidden))  # None: "import sklearn" raises ImportError
     try:

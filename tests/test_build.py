@@ -50,6 +50,19 @@ def check_manifest(out: Path, m: dict, name: str) -> None:
     assert load_manifest(out / name)["artifacts"] == m["artifacts"]
 
 
+def test_build_files_get_the_umask_permissions(tinynet_e_build):
+    """manifest, .onnx, .tflite and OpenVINO IR: what a new file gets under the umask, not 0600."""
+    import os
+
+    out, _ = tinynet_e_build
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [p for p in (out / "tinynet-e").rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} >= {".json", ".onnx", ".tflite", ".xml", ".bin"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == \
+        {p.name: oct(0o666 & ~umask) for p in files}
+
+
 def test_tinynet_e_all_formats(tinynet_e_build):
     out, m = tinynet_e_build
     check_manifest(out, m, "tinynet-e")

@@ -34,8 +34,8 @@ def quiet():
 def export_onnx(model, resolution: int, out: str | Path) -> dict:
     """``model`` (an :class:`~edgeconv.models.torch_model.EfficientNet`, or any module taking one
     N x 3 x H x W input) -> ONNX at batch 1, checked by ``onnx.checker``. BatchNorms are folded into
-    the convs first: the dynamo exporter spends ~20 ms per op here, and the ONNX optimizer would
-    fold them anyway."""
+    the convs first: the dynamo exporter's time grows with the op count, and the ONNX optimizer
+    would fold them anyway."""
     import onnx
     import torch
 

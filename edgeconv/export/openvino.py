@@ -50,10 +50,10 @@ def int8_parameters(subset_size: int) -> dict:
     86 % vs 56 % top-1). It is as accurate as NNCF's HISTOGRAM (MSE-optimal ranges, used before):
     EfficientNet-Lite0 top-1 87.6-88.0 % vs 87.4-87.9 % over four draws of 200 calibration images
     (fp32: 88.1 %), KL divergence to the fp32 outputs within 3 % on Lite0-2. HISTOGRAM histograms
-    every activation of every image with NumPy: 12.7 of the 20 s that int8 took for B0.
+    every activation of every image with NumPy, most of the int8 step's time.
 
-    Fast bias correction (NNCF's default) stays: about 2 s of B0's 7 s (a sub-model compiled per
-    conv), but without it Lite2 loses 1.1 pt more top-1 (89.5 % -> 88.4 %, fp32 89.4 %).
+    Fast bias correction (NNCF's default) stays: it costs a sub-model compiled per conv, but
+    without it Lite2 loses 1.1 pt more top-1 (89.5 % -> 88.4 %, fp32 89.4 %).
 
     Weights of every layer use 7 of their 8 bits (``OverflowFix.ENABLE``; NNCF's default does it for
     the first layer only). x86 CPUs without VNNI (AVX2 only, e.g. this AMD EPYC) multiply u8 x s8
@@ -99,9 +99,9 @@ def quantize_int8(model, calib_inputs: np.ndarray):
     """NNCF post-training int8 of an OpenVINO model on ``calib_inputs`` (N x C x H x W).
 
     NNCF infers :data:`STATS_BATCH` images at a time (the last batch may be smaller) with the
-    batch made dynamic, then the model gets its input shape back: about 3 s less on B0 than image
-    by image (fewer, fuller inferences; 25 instead of 200 rounds of Python bookkeeping). Whole
-    step, 2 cores: B0 25 s -> 7-8 s, TinyNet-E 7-8 s -> 3.3-3.8 s. A model whose graph pins the
+    batch made dynamic, then the model gets its input shape back: fewer, fuller inferences than
+    image by image (25 instead of 200 rounds of Python bookkeeping for 200 images; timings in
+    ``benchmarks/build.py``). A model whose graph pins the
     batch to 1 is calibrated image by image. The IR's rt_info records NNCF's ``subset_size``, the
     number of batches."""
     import nncf
@@ -124,8 +124,8 @@ def read_onnx(onnx_path: str | Path):
 
 def convert_openvino(source, xml_out: str | Path, precision: str,
                      calib_inputs: np.ndarray | None = None, activation: str = "swish") -> dict:
-    """``source`` (an ONNX path, or a :func:`read_onnx` model: converted once for the three IRs,
-    0.7-1 s each here; cloned, never changed) -> IR in ``precision`` at ``xml_out``. The IRs equal
+    """``source`` (an ONNX path, or a :func:`read_onnx` model: converted once for the three IRs;
+    cloned, never changed) -> IR in ``precision`` at ``xml_out``. The IRs equal
     those of a fresh conversion but for generated node names."""
     xml_out = Path(xml_out)
     model = read_onnx(source) if isinstance(source, str | Path) else source.clone()

@@ -150,9 +150,9 @@ def with_signature(data: bytes) -> bytes:
 class FrozenTwin:
     """The Keras twin traced once into a frozen graph (weights as constants) for several
     conversions. ``TFLiteConverter.from_keras_model`` exports a SavedModel on every call and
-    converting an exported SavedModel costs that export once: 7.5 s for TinyNet-E here (three
-    traces of the model, gradient functions, the trackable tree), against 0.9 s to trace once
-    and freeze; ``from_concrete_functions`` freezes again on every conversion (2.4 s for B0). The
+    converting an exported SavedModel costs that export once (three traces of the model, gradient
+    functions, the trackable tree), several times what tracing once and freezing costs;
+    ``from_concrete_functions`` freezes again on every conversion. The
     converted graph is the same (ops, weights, outputs); the I/O names and the signature are set
     by :func:`with_signature`. ``with FrozenTwin(keras_model) as twin: tflite_bytes(twin, ...)``."""
 

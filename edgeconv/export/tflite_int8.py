@@ -1,8 +1,8 @@
 """Full-integer TFLite calibration done by edgeconv: activation ranges and bias correction.
 
 TFLite's calibrator runs the calibration images one by one through an instrumented single-thread
-interpreter and keeps the global min/max of every activation: 41 s for EfficientNet-B0 on 200
-images here, and min/max is a poor range for heavy-tailed activations (swish, SE gates).
+interpreter and keeps the global min/max of every activation: slow (one invoke per image, no
+threads), and min/max is a poor range for heavy-tailed activations (swish, SE gates).
 
 :func:`calibrate_tflite` takes a calibration-ready model (:func:`calibration_structure`: the fp32
 conversion with a range field on every activation, what the converter's

@@ -131,7 +131,7 @@ class StateView:
     """A PyTorch model's ``state_dict`` (NumPy arrays) seen as the model's modules, as far as
     :func:`copy_torch_weights` looks: ``view.blocks[1][0].conv_dw.weight``, a conv without bias has
     ``bias`` None, every BN has the architecture's ``eps``. Builds the twin without importing torch
-    (2 s of a child process's start-up)."""
+    (which would add to the child process's start-up)."""
 
     def __init__(self, arch, state: dict[str, np.ndarray], prefix: str = ""):
         self.arch, self._state, self._prefix = arch, state, prefix
