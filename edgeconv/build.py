@@ -8,8 +8,10 @@ in flight and never leaves a half-written file behind.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -56,16 +58,40 @@ def tool_versions() -> dict[str, str]:
 
 
 def load_manifest(folder: str | Path) -> dict[str, Any]:
-    p = Path(folder) / MANIFEST
+    """A build folder's manifest, checked: a JSON object of this schema whose every artifact path
+    stays inside the folder (a manifest is data from disk: ``../../etc/passwd`` is refused)."""
+    folder = Path(folder)
+    p = folder / MANIFEST
+    if folder.exists() and not folder.is_dir():
+        raise ArtifactError(f"{folder}: is a file, not a build folder")
     if not p.exists():
         raise ArtifactError(f"{folder}: no {MANIFEST} (run 'edgeconv build' first)")
     try:
         m = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{p}: unreadable manifest ({e})") from None
+    if not isinstance(m, dict):
+        raise ArtifactError(f"{p}: not a manifest (a JSON object), but a JSON {type(m).__name__}")
     if m.get("schema") != SCHEMA:
         raise ArtifactError(f"{p}: manifest schema {m.get('schema')} is not {SCHEMA}; rebuild with --force")
+    artifacts = m.get("artifacts", [])
+    if not isinstance(artifacts, list) or not all(isinstance(a, dict) for a in artifacts):
+        raise ArtifactError(f"{p}: 'artifacts' must be a list of objects")
+    for a in artifacts:
+        inside_folder(folder, a.get("path"), p)
     return m
+
+
+def inside_folder(folder: Path, rel: Any, where: str | Path) -> Path:
+    """``folder / rel`` if ``rel`` is a relative path that resolves inside ``folder``; else an
+    ArtifactError naming ``where``."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute():
+        raise ArtifactError(f"{where}: artifact path {rel!r} must be a relative path inside {folder}")
+    root = folder.resolve()
+    target = (folder / rel).resolve()
+    if target != root and root not in target.parents:
+        raise ArtifactError(f"{where}: artifact path {rel!r} is outside the build folder {folder}")
+    return folder / rel
 
 
 def parity(reference: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
@@ -96,12 +122,35 @@ def build(name: str, weights: str | None = None, formats=None, precisions=None, 
         from .export.tflite_job import TFLiteProcess
 
         job = TFLiteProcess()
+    progress = progress or _quiet
     try:
-        return Builder(recipe, wanted, out=out, weights=weights, calib=calib, calib_size=calib_size,
-                       int8_io=int8_io, force=force, progress=progress or _quiet, job=job).run()
+        with model_lock(Path(out), recipe.name, progress):
+            return Builder(recipe, wanted, out=out, weights=weights, calib=calib, calib_size=calib_size,
+                           int8_io=int8_io, force=force, progress=progress, job=job).run()
     finally:
         if job is not None:
             job.close()
+
+
+@contextmanager
+def model_lock(out: Path, name: str, progress: Progress):
+    """One build of ``name`` into ``out`` at a time (an exclusive ``flock`` on ``OUT/.NAME.lock``,
+    released when the process ends however it ends). A second build says whom it waits for, then
+    waits: the two never write one manifest at once, so it always lists every file."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            progress("warn", message=f"waiting for another build of {name} in {out} (pid {holder}) to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 class Builder:
@@ -175,22 +224,45 @@ class Builder:
         if a is None:
             return False
         with self.lock:
-            self.manifest["artifacts"].append(dict(a, cached=True))
+            self.list_entry(dict(a, cached=True))
             self.save()
         self.progress("cached", step=f"{fmt}/{prec}", path=str(self.folder / a["path"]))
         return True
 
+    def list_entry(self, entry: dict[str, Any]) -> None:
+        """Put ``entry`` in the manifest in place of any entry of the same format and precision."""
+        key = (entry["format"], entry["precision"])
+        self.manifest["artifacts"] = [a for a in self.manifest["artifacts"]
+                                      if (a["format"], a["precision"]) != key] + [entry]
+
+    def files_of(self, fmt: str, prec: str) -> list[Path]:
+        path = self.path(fmt, prec)
+        return [path, path.with_suffix(".bin")] if fmt == "openvino" else [path]
+
     @contextmanager
     def producing(self, fmt: str, prec: str):
-        """An artifact whose files are in place but not yet in the manifest when the build stops
-        (Ctrl-C between the rename and the manifest write) is removed: every file left is listed."""
+        """Until the new artifact is recorded, the previous one (if any) stays in place and listed.
+        If the build stops after a new file replaced an old one but before the manifest says so
+        (Ctrl-C between the rename and the manifest write), the artifact's files are removed and
+        its entry dropped: every file left is complete and listed, every listed file is its own."""
+        def signature(f: Path):
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                return None
+            return st.st_ino, st.st_mtime_ns, st.st_size
+
+        before = {f: signature(f) for f in self.files_of(fmt, prec)}
         try:
             yield
         except BaseException:
-            if (fmt, prec) not in self.recorded:
-                path = self.path(fmt, prec)
-                for f in (path, path.with_suffix(".bin")) if fmt == "openvino" else (path,):
-                    f.unlink(missing_ok=True)
+            if (fmt, prec) not in self.recorded and any(signature(f) != sig for f, sig in before.items()):
+                with self.lock:
+                    for f in before:
+                        f.unlink(missing_ok=True)
+                    self.manifest["artifacts"] = [a for a in self.manifest["artifacts"]
+                                                  if (a["format"], a["precision"]) != (fmt, prec)]
+                    self.save()
             raise
 
     def record(self, fmt: str, prec: str, info: dict, seconds: float) -> dict:
@@ -219,8 +291,7 @@ class Builder:
                 entry[extra] = info[extra]
         if prec == "int8":  # each int8 artifact remembers what it was calibrated on
             entry["calibration"] = self.manifest["calibration"]
-        self.manifest["artifacts"] = [a for a in self.manifest["artifacts"]
-                                      if (a["format"], a["precision"]) != (fmt, prec)] + [entry]
+        self.list_entry(entry)
         self.save()
         self.recorded.add((fmt, prec))
         if not ok:
@@ -268,11 +339,12 @@ class Builder:
         self.folder = self.out / recipe.name
         self.folder.mkdir(parents=True, exist_ok=True)
         old_entries: list[dict[str, Any]] = []
-        if not self.force and (self.folder / MANIFEST).exists():
+        if (self.folder / MANIFEST).exists():
             try:
                 old_entries = load_manifest(self.folder).get("artifacts", [])
             except ArtifactError:
                 old_entries = []
+        if not self.force:  # --force: nothing is reused, but what is not rebuilt (yet) stays listed
             self.old = {a["key"]: a for a in old_entries if "key" in a}
         tools = tool_versions()
         # the tensors themselves (not just the file): random init and code changes show up too
@@ -293,12 +365,13 @@ class Builder:
             "calibration": None, "artifacts": [], "steps": self.steps,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        # Artifacts of the same model and weights that this run does not touch stay listed (a build of
-        # one precision must not hide the others), as long as their files are intact.
+        # Artifacts of the same model and weights stay listed (a build of one precision must not hide
+        # the others; --force neither), as long as their files are intact.
+        # The ones this run rebuilds stay listed (their previous good files in place) until replaced.
         for a in old_entries:
-            if (a.get("format"), a.get("precision")) not in self.wanted and a.get("base") == self.base_hash \
-                    and (self.folder / a["path"]).exists() and sha256_file(self.folder / a["path"]) == a.get("sha256"):
-                self.manifest["artifacts"].append(dict(a, cached=True))
+            if a.get("base") == self.base_hash and (self.folder / a["path"]).exists() \
+                    and sha256_file(self.folder / a["path"]) == a.get("sha256"):
+                self.list_entry(dict(a, cached=True))
 
     def prepare_inputs(self) -> None:
         """The parity images and the PyTorch reference logits; the calibration set if int8 is wanted."""
@@ -414,7 +487,6 @@ def replace_artifact(out: str | Path, fmt: str, precision: str, src: str | Path,
     moved over the old one, hashed, parity-checked against ``model`` (the PyTorch reference) and its
     manifest entry updated with ``extra``. The entry keeps its cache key (same recipe, weights and
     calibration), so later builds reuse the replacement; ``build --force`` rebuilds the plain one."""
-    import os
 
     from .data import calibration_set
     from .recipe import Preprocess

@@ -8,6 +8,13 @@ class UserError(Exception):
     exit_code = 1
 
 
+class UsageError(UserError):
+    """A command line that asks for something impossible (a bound, a core that does not exist):
+    one line, exit code 2 like Click's own usage errors."""
+
+    exit_code = 2
+
+
 class ArtifactError(UserError):
     """A build artifact is missing, corrupt or does not match PyTorch."""
 

@@ -143,6 +143,17 @@ def _at_least(lo: int):
     return lambda v: None if v >= lo else f"must be at least {lo}"
 
 
+SLUG = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+def check_slug(name: Any) -> str | None:
+    """Why ``name`` cannot name a model (it becomes a folder and file names), or None."""
+    if not isinstance(name, str) or not SLUG.fullmatch(name) or ".." in name:
+        return (f"{name!r} is not a model name: lowercase letters, digits and . _ - "
+                "(starting with a letter or digit, no '..')")
+    return None
+
+
 def _three_numbers(v: list[float]) -> str | None:
     return None if len(v) == 3 else "expected 3 numbers (pixel units, 0..255)"
 
@@ -167,7 +178,7 @@ class Preprocess:
 
 @dataclass(kw_only=True)
 class Recipe:
-    name: str = _spec()
+    name: str = _spec(check=check_slug)
     family: str = _spec()
     description: str = _spec(default="")
     stages: list[StageSpec] = _spec("arch.stages")

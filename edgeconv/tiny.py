@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .errors import UserError
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, check_slug, load_recipe
 
 ANCHORS = ("tinynet-a", "tinynet-b", "tinynet-c", "tinynet-d", "tinynet-e")
 
@@ -42,11 +42,12 @@ class TinyResult:
     w: float
     macs: int
     params: int
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"name": self.recipe.name, "budget_macs": self.budget, "c": self.c, "r": self.r,
                 "d": self.d, "w_formula": self.w_formula, "w": self.w, "resolution": self.recipe.resolution,
-                "macs": self.macs, "params": self.params}
+                "macs": self.macs, "params": self.params, "warnings": self.warnings}
 
 
 def _interp(x: float, xs: list[float], ys: list[float]) -> float:
@@ -64,7 +65,12 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float:
 def tiny_recipe(budget: int, name: str | None = None, fit: bool = True) -> TinyResult:
     from .zoo import measure
 
+    if name is not None and (why := check_slug(name)):
+        raise UserError(f"--name: {why}")
     b0_macs = measure(load_recipe("efficientnet-b0"))[1]
+    if budget > b0_macs:
+        raise UserError(f"--flops {budget / 1e6:g}M: above EfficientNet-B0's {b0_macs / 1e6:.1f}M MACs the tiny "
+                        "formula does not apply (it shrinks B0); use EfficientNet-B1..B7 (the giant formula)")
     anchors = []
     for n in ANCHORS:
         rec = load_recipe(n)
@@ -102,4 +108,8 @@ def tiny_recipe(budget: int, name: str | None = None, fit: bool = True) -> TinyR
         w = lo
     recipe = make(w)
     params, macs = measure(recipe)
-    return TinyResult(recipe, budget, c, r, d, w_formula, round(w, 4), macs, params)
+    warnings = []
+    if c < math.exp(xs[0]):
+        warnings.append(f"--flops {budget / 1e6:g}M is below TinyNet-E's {math.exp(xs[0]) * b0_macs / 1e6:.1f}M, the "
+                        "smallest model the formula was fitted on: r and d are extrapolated")
+    return TinyResult(recipe, budget, c, r, d, w_formula, round(w, 4), macs, params, warnings)

@@ -16,13 +16,27 @@ def atomic_path(target: str | Path, suffix: str | None = None):
     """Yield a temp path beside ``target``; on success it replaces ``target`` in one rename, on any
     error (Ctrl-C included) it is removed, so ``target`` is never half-written."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = new_temp_file(target.parent, f".{target.name}.", suffix or target.suffix or ".tmp")
+    with naming(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = new_temp_file(target.parent, f".{target.name}.", suffix or target.suffix or ".tmp")
     try:
-        yield tmp_path
-        os.replace(tmp_path, target)
+        with naming(target):
+            yield tmp_path
+            os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def naming(path: str | Path):
+    """An OSError without a file name (a full disk seen by a library's writer) gets ``path``: the
+    user is told which file could not be written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
         raise
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ArtifactError, UserError
+from ..errors import ArtifactError, UsageError, UserError
 from ..formats import BUILD_MATRIX, PRECISIONS, REMOTE_RUNTIMES, RUNTIMES, TABLE, format_of
 from ..util import sha256_file
 
@@ -72,7 +72,7 @@ def select_targets(manifest: dict, folder: str | Path, manifest_sha: str | None,
         if runtime not in runtimes or a.get("precision") not in precisions:
             continue
         file = Path(folder) / a["path"]
-        sha = a.get("sha256") or (sha256_file(file) if file.is_file() else "")
+        sha = _checked_sha(file, a)
         art = ArtifactRecord(model=manifest.get("model", Path(folder).name), format=a["format"],
                              precision=a["precision"], path=str(file.resolve()), sha256=sha,
                              size_bytes=a.get("size_bytes"), manifest_sha256=manifest_sha,
@@ -81,6 +81,42 @@ def select_targets(manifest: dict, folder: str | Path, manifest_sha: str | None,
         found.append(Target(art, runtime, file))
     found.sort(key=lambda t: (runtimes.index(t.runtime), precisions.index(t.artifact.precision)))
     return found
+
+
+def check_host_cores(threads: int, core: int | None) -> None:
+    """--threads and --core must fit the CPUs this process may use: refused before anything runs."""
+    import os
+
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: no pinning, any count of threads
+        return
+    if threads > len(allowed):
+        raise UsageError(f"--threads {threads}: this machine lets edgeconv use {len(allowed)} core(s)")
+    if core is not None and core not in allowed:
+        from .host import cpuset_str
+
+        raise UsageError(f"--core {core}: not one of the usable cores {cpuset_str(set(allowed))}")
+
+
+def _checked_sha(file: Path, entry: dict) -> str:
+    """The sha256 of ``file``, which must be the one the manifest lists: a stored result always
+    belongs to the artifact it names."""
+    if not file.is_file():
+        raise ArtifactError(f"{file}: missing (listed in the manifest); rebuild with edgeconv build --force")
+    sha = sha256_file(file)
+    if entry.get("sha256") and sha != entry["sha256"]:
+        raise ArtifactError(f"{file}: sha256 {sha[:12]}... is not the manifest's {entry['sha256'][:12]}...: the "
+                            "file changed after the build; rebuild it (edgeconv build NAME --force)")
+    return sha
+
+
+def _changed(manifest: dict | None, runtimes: Sequence[str], precisions: Sequence[str], folder: Path) -> list[str]:
+    """Requested artifacts whose file is no longer the one the manifest lists."""
+    wanted = {format_of(r) for r in runtimes}
+    return [f"{a['format']}/{a['precision']}" for a in (manifest or {}).get("artifacts", [])
+            if a.get("format") in wanted and a.get("precision") in precisions and a.get("sha256")
+            and (folder / a["path"]).is_file() and sha256_file(folder / a["path"]) != a["sha256"]]
 
 
 def _missing(manifest: dict | None, runtimes: Sequence[str], precisions: Sequence[str],
@@ -106,16 +142,21 @@ def ensure_artifacts(name: str, out: str | Path, weights: str | None, runtimes: 
     stale_weights = manifest is not None and weights is not None and \
         (manifest.get("weights") or {}).get("spec") != weights
     missing = _missing(manifest, runtimes, precisions, folder)
-    if manifest is not None and not stale_weights and not missing:
+    changed = _changed(manifest, runtimes, precisions, folder)
+    if manifest is not None and not stale_weights and not missing and not changed:
         return manifest, folder, sha
     try:
         from ..build import build
     except ImportError:
         raise UserError(f"{folder}: no artifacts for {name}, and this edgeconv cannot build them; "
                         "pass --artifacts DIR") from None
+    from ..recipe import load_recipe
+
+    load_recipe(name)  # an unknown model is the error, not "building it first"
     formats = sorted({format_of(r) for r in runtimes})
     if warn:
-        why = "other --weights" if stale_weights else ", ".join(missing)
+        why = "other --weights" if stale_weights else ", ".join(missing) or \
+            f"{', '.join(changed)} changed since the build"
         warn(f"building {name} first ({why}); this takes a while")
 
     def forward(event: str, **kw) -> None:  # the build's own warnings (random weights, calibration)
@@ -224,14 +265,15 @@ def run_bench(name: str | None, device: str = "host", *, runtimes: Sequence[str]
     Each result goes to ``store`` in its own transaction as soon as it exists.
     Returns (device info, outcomes); failed artifacts are outcomes with status 'failed'."""
     if runs < 1 or warmup < 0 or threads < 1:
-        raise UserError("--runs and --threads must be at least 1, --warmup at least 0")
+        raise UsageError("--runs and --threads must be at least 1, --warmup at least 0")
     if cooldown is not None and cooldown < 0 or timeout <= 0:
-        raise UserError("--cooldown must be at least 0 and --timeout more than 0")
+        raise UsageError("--cooldown must be at least 0 and --timeout more than 0")
     request: RemoteRequest | None = None
     if device == "host":
         if serials or cores or cooldown is not None or runner:
             raise UserError("--serial, --cores, --cooldown and --runner are for ADB devices "
                             "(--device android, board or a profile)")
+        check_host_cores(threads, core)
         runtimes = list(runtimes or RUNTIMES)
         info = device_info(device)
     else:

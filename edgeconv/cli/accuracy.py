@@ -6,6 +6,9 @@ from __future__ import annotations
 import click
 
 from .common import (
+    MAX_ROWS,
+    MAX_RUNS,
+    MAX_THREADS,
     Command,
     calib_options,
     console,
@@ -29,10 +32,10 @@ def _common_options(f):
         click.option("--data", required=True, metavar="DIR",
                      help="Labelled images: ImageFolder (one folder per class; wnid folders are ordered by a "
                           "labels.tsv) or flat <wnid>_*.JPEG files with a labels.tsv."),
-        click.option("--limit", type=click.IntRange(1), metavar="N",
+        click.option("--limit", type=click.IntRange(1, MAX_ROWS), metavar="N",
                      help="Evaluate N images sampled deterministically (default: all)."),
         calib_options, formats_option, precisions_option,
-        click.option("--threads", default=2, show_default=True, type=click.IntRange(1),
+        click.option("--threads", default=2, show_default=True, type=click.IntRange(1, MAX_THREADS),
                      help="Threads per runtime while evaluating."),
         db_option, json_option, quiet_option,
     ]
@@ -114,7 +117,7 @@ def eval_cmd(name, weights, out, data, limit, calib, calib_size, formats, precis
               help="Also write JUnit XML: one testcase per artifact, a failure where the drop is over the limit.")
 @click.option("--no-fallback", is_flag=True,
               help="Gate only: no sensitivity pass keeping the most damaged int8 ops in float.")
-@click.option("--latency-runs", default=200, show_default=True, type=click.IntRange(0),
+@click.option("--latency-runs", default=200, show_default=True, type=click.IntRange(0, MAX_RUNS),
               help="Single-thread runs timing int8 vs the float-fallback artifact (0: do not time).")
 def check_cmd(name, weights, out, data, limit, calib, calib_size, formats, precisions, threads, db, as_json, quiet,
               max_drop, junit, no_fallback, latency_runs):

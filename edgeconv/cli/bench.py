@@ -9,7 +9,18 @@ import click
 from ..bench.run import Outcome, Target, failure_summary, outcome_label, outcome_row, run_bench
 from ..errors import UserError
 from ..formats import PRECISIONS, RUNTIMES, parse_choices
-from .common import Command, console, db_option, echo_json, json_option, out_option, warn, weights_option
+from .common import (
+    MAX_RUNS,
+    MAX_THREADS,
+    Command,
+    console,
+    db_option,
+    echo_json,
+    json_option,
+    out_option,
+    warn,
+    weights_option,
+)
 
 
 class _Progress:
@@ -67,20 +78,24 @@ class _Progress:
 @click.option("--runtime", "runtime", metavar="LIST", help="Comma list of tflite, openvino, onnxruntime "
               "(default: all on the host, tflite on ADB devices).")
 @click.option("--precisions", metavar="LIST", help="Comma list of fp32, fp16, dynamic, int8 (default: all).")
-@click.option("--runs", default=1000, show_default=True, type=int, help="Timed invocations per artifact.")
-@click.option("--warmup", default=50, show_default=True, type=int, help="Untimed invocations first.")
-@click.option("--threads", default=1, show_default=True, type=int,
+@click.option("--runs", default=1000, show_default=True, type=click.IntRange(1, MAX_RUNS),
+              help="Timed invocations per artifact.")
+@click.option("--warmup", default=50, show_default=True, type=click.IntRange(0, MAX_RUNS),
+              help="Untimed invocations first.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, MAX_THREADS),
               help="Runtime threads (1: pinned to one core, the paper's protocol).")
-@click.option("--core", type=int, help="Host: core to pin to with --threads 1 (default: the last one).")
+@click.option("--core", type=click.IntRange(0, MAX_THREADS - 1),
+              help="Host: core to pin to with --threads 1 (default: the last one).")
 @click.option("--cores", metavar="big|little|all|MASK",
               help="ADB devices: cores to pin to, or a hex taskset mask (default: the profile's, big).")
-@click.option("--cooldown", type=float, metavar="SECONDS",
+@click.option("--cooldown", type=click.FloatRange(0, 3600), metavar="SECONDS",
               help="ADB devices: longest wait between artifacts for the temperature to get back near "
               "idle (default: the profile's, 30).")
 @click.option("--runner", metavar="PATH",
               help="ADB devices: benchmark_model binary to push, device:/path of one already there, or "
               "'python' for edgeconv's own runner (default: the profile's).")
-@click.option("--timeout", default=3600.0, show_default=True, type=float, metavar="SECONDS",
+@click.option("--timeout", default=3600.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(0, 86400, min_open=True),
               help="ADB devices: longest run of one artifact (benchmark_model's --max_secs).")
 @click.option("--artifacts", "artifacts", metavar="DIR",
               help="Benchmark this build folder (with manifest.json) instead of building NAME.")

@@ -17,11 +17,43 @@ from ..errors import ToolError, UserError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+# ---- bounds of numeric options (beyond them: a usage error, exit 2, before anything runs) ----
+MAX_RUNS = 1_000_000  # timed or warm-up invocations of one artifact
+MAX_THREADS = 1024  # runtime threads; on the host also at most the usable cores (checked by bench)
+MAX_CALIB = 100_000  # calibration images (all are held in memory as float32 tensors)
+MAX_ROWS = 10_000_000  # images to evaluate, result rows to list
+
+
+class OneLineUsageError(click.UsageError):
+    """Click's usage errors as edgeconv prints every error: one line on stderr, exit code 2."""
+
+    def show(self, file=None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"edgeconv: error: {self.format_message()}{hint}", err=True)
+
+
+def _one_line(make_context):
+    def wrapper(self, *args, **kwargs):
+        try:
+            return make_context(self, *args, **kwargs)
+        except click.UsageError as e:
+            if isinstance(e, OneLineUsageError):
+                raise
+            raise OneLineUsageError(e.format_message(), e.ctx) from None
+    return wrapper
+
+
 def run_guarded(ctx: click.Context, invoke: Callable[[click.Context], Any], interrupted: str | None = None) -> Any:
     """``invoke(ctx)`` with edgeconv's errors as one line on stderr and their exit code: a user error
-    (1), a tool failure (3; ``EDGECONV_DEBUG=1`` re-raises it with its detail), Ctrl-C (130)."""
+    (1; a usage error 2), a tool failure (3; ``EDGECONV_DEBUG=1`` re-raises it with its detail), a
+    file that cannot be written or read (3: full disk, read-only, no permission, name too long),
+    Ctrl-C (130)."""
     try:
         return invoke(ctx)
+    except click.UsageError as e:  # e.g. an unknown subcommand, found while the group runs
+        if isinstance(e, OneLineUsageError):
+            raise
+        raise OneLineUsageError(e.format_message(), e.ctx) from None
     except UserError as e:
         click.echo(f"edgeconv: error: {e}", err=True)
         ctx.exit(e.exit_code)
@@ -32,6 +64,10 @@ def run_guarded(ctx: click.Context, invoke: Callable[[click.Context], Any], inte
             raise
         click.echo(f"edgeconv: error: {e}\n(EDGECONV_DEBUG=1 shows the traceback)", err=True)
         ctx.exit(e.exit_code)
+    except OSError as e:  # a full disk, a read-only or unwritable folder, a name too long
+        where = e.filename or "edgeconv"
+        click.echo(f"edgeconv: error: {where}: {e.strerror or e}", err=True)
+        ctx.exit(3)
     except KeyboardInterrupt:
         click.echo("edgeconv: interrupted" + (f" ({interrupted})" if interrupted else ""), err=True)
         ctx.exit(130)
@@ -48,12 +84,16 @@ class Command(click.Command):
     def invoke(self, ctx: click.Context) -> Any:
         return run_guarded(ctx, super().invoke, self.interrupted)
 
+    make_context = _one_line(click.Command.make_context)
+
 
 class Group(click.Group):
     command_class = Command
 
     def invoke(self, ctx: click.Context) -> Any:
         return run_guarded(ctx, super().invoke)
+
+    make_context = _one_line(click.Group.make_context)
 
 
 Group.group_class = Group
@@ -99,7 +139,7 @@ def precisions_option(f):
 
 
 def calib_options(f):
-    f = click.option("--calib-size", default=200, show_default=True, type=click.IntRange(1),
+    f = click.option("--calib-size", default=200, show_default=True, type=click.IntRange(1, MAX_CALIB),
                      help="Calibration images sampled (deterministically).")(f)
     return click.option("--calib", metavar="DIR", help="Calibration images for int8 (folder, recursive). "
                         "Default: bundled sample photos; 'synthetic' = random inputs (debugging only).")(f)

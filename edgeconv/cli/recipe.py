@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import Group, echo_json, json_option
+from .common import Group, echo_json, json_option, warn
 
 
 @click.group("recipe", cls=Group)
@@ -27,6 +27,8 @@ def recipe_tiny(flops: str, name: str | None, output: str | None, as_json: bool)
 
     budget = parse_flops(flops)
     res = tiny_recipe(budget, name=name)
+    for message in res.warnings:
+        warn(message)
     _write(res.recipe, output)
     if as_json:
         echo_json(res.to_dict() | {"output": output})

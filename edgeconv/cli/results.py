@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import click
 
-from .common import Command, console, db_option, echo_json, split
+from .common import MAX_ROWS, MAX_THREADS, Command, console, db_option, echo_json, split
 
 
 def _output_format(f):
@@ -31,7 +31,8 @@ def _emit(rows: list[dict], columns, fields: Sequence[str], fmt: str, title: str
 @click.command("results", cls=Command)
 @click.option("--model", "models", metavar="LIST", help="Only these models (comma list).")
 @click.option("--device", help="Only this device (kind, name or serial).")
-@click.option("--limit", default=100, show_default=True, type=int, help="Newest N runs (0: all).")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(0, MAX_ROWS),
+              help="Newest N runs (0: all).")
 @_output_format
 @db_option
 def results(models: str | None, device: str | None, limit: int, fmt: str, db: str | None) -> None:
@@ -51,7 +52,8 @@ def results(models: str | None, device: str | None, limit: int, fmt: str, db: st
 @click.command("report", cls=Command)
 @click.option("--models", metavar="LIST", help="Only these models (comma list).")
 @click.option("--device", help="Only this device (kind, name or serial).")
-@click.option("--threads", default=1, show_default=True, type=int, help="Runs with this many threads.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, MAX_THREADS),
+              help="Runs with this many threads.")
 @click.option("--markdown", "fmt", flag_value="markdown", help="Print a Markdown table.")
 @_output_format
 @click.option("--plot", metavar="FILE", help="Also draw latency vs top-1 (or MACs) to FILE.png/.svg.")

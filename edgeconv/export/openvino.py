@@ -2,6 +2,7 @@
 on the calibration images)."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -10,19 +11,28 @@ from pathlib import Path
 
 import numpy as np
 
+from ..util import naming
+
 
 def _save_ir(model, xml_out: Path, compress_to_fp16: bool) -> None:
     """Write .xml/.bin into a temp folder, then move .bin and finally .xml into place, so an
     interrupted build never leaves an .xml that points at a half-written .bin."""
     import openvino as ov
 
-    xml_out.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=".ov-", dir=xml_out.parent))
+    with naming(xml_out):
+        xml_out.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix=".ov-", dir=xml_out.parent))
     try:
         tmp_xml = tmpdir / xml_out.name
-        ov.save_model(model, str(tmp_xml), compress_to_fp16=compress_to_fp16)
-        os.replace(tmp_xml.with_suffix(".bin"), xml_out.with_suffix(".bin"))
-        os.replace(tmp_xml, xml_out)
+        try:
+            ov.save_model(model, str(tmp_xml), compress_to_fp16=compress_to_fp16)
+        except RuntimeError as e:  # OpenVINO reports a failed write as a RuntimeError
+            free = shutil.disk_usage(tmpdir).free
+            raise OSError(errno.EIO, f"OpenVINO could not write the IR ({e}; {free / 1e6:.1f} MB free there)",
+                          str(xml_out)) from e
+        with naming(xml_out):
+            os.replace(tmp_xml.with_suffix(".bin"), xml_out.with_suffix(".bin"))
+            os.replace(tmp_xml, xml_out)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
