@@ -19,6 +19,10 @@ class ArtifactError(UserError):
     """A build artifact is missing, corrupt or does not match PyTorch."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI timeout, ``docker stop``, ``kill``): handled exactly like Ctrl-C, exit code 143."""
+
+
 class ToolError(Exception):
     """A conversion tool failed on a valid input (TensorFlow's converter, the TFLite child process
     crashed or was killed): its message (the tool's last log lines) without a traceback, exit code

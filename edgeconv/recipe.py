@@ -90,6 +90,8 @@ def parse_stage(text: str) -> StageSpec:
     if int(vals["k"]) % 2 == 0:
         raise ValueError(f"kernel must be odd in {text!r}")
     exp = vals.get("e", 1.0)
+    if exp <= 0:
+        raise ValueError(f"expansion must be > 0 in {text!r}")
     if block == "ds" and exp != 1.0:
         raise ValueError(f"depthwise-separable blocks have no expansion (e1) in {text!r}")
     se = vals.get("se", 0.0)
@@ -184,22 +186,22 @@ class Recipe:
     stages: list[StageSpec] = _spec("arch.stages")
     width: float = _spec("arch.width", check=_positive)
     depth: float = _spec("arch.depth", check=_positive)
-    resolution: int = _spec("arch.resolution", check=_at_least(16))
+    resolution: int = _spec("arch.resolution", check=_within(32, 1024))
     resolution_multiplier: float | None = _spec("arch.resolution_multiplier", default=None, omit_none=True)
     depth_rounding: str = _spec("arch.depth_rounding", choices=DEPTH_ROUNDING)
     fix_first_last: bool = _spec("arch.fix_first_last", default=False)
-    channel_divisor: int = _spec("arch.channel_divisor", default=8)
-    stem_channels: int = _spec("arch.stem.channels")
+    channel_divisor: int = _spec("arch.channel_divisor", default=8, check=_positive)
+    stem_channels: int = _spec("arch.stem.channels", check=_positive)
     stem_scaled: bool = _spec("arch.stem.scaled")
-    head_channels: int = _spec("arch.head.channels")
+    head_channels: int = _spec("arch.head.channels", check=_positive)
     head_rule: str = _spec("arch.head.rule", choices=HEAD_RULES)
     activation: str = _spec("arch.activation", choices=ACTIVATIONS)
     bn_eps: float = _spec("arch.bn_eps", check=_positive)
     padding: str = _spec("arch.padding", choices=PADDINGS)
     dropout: float = _spec("arch.dropout", check=_within(0, 1, hi_open=True))
-    num_classes: int = _spec("arch.num_classes", default=1000)
+    num_classes: int = _spec("arch.num_classes", default=1000, check=_positive)
     preprocess: Preprocess = _spec()
-    max_drop: float = _spec("quantization.max_drop", default=1.0)
+    max_drop: float = _spec("quantization.max_drop", default=1.0, check=_within(0, 100))
     published: dict[str, Any] = _spec(default={})
     provenance: dict[str, Any] = _spec(default={})
     path: str | None = _spec(None, default=None)  # where it was loaded from; not part of the recipe
@@ -273,6 +275,8 @@ def _convert(value: Any, typ: Any, where: str, path: str) -> Any:
     if not ok:
         raise RecipeError(f"{where}: {path}: expected {_TYPE_NAMES[base]}, got {type(value).__name__} {value!r}")
     if base is float:
+        if not math.isfinite(value):
+            raise RecipeError(f"{where}: {path}: must be a finite number, not {value!r}")
         return float(value)
     if base is list:
         item = args[0]
@@ -283,7 +287,7 @@ def _convert(value: Any, typ: Any, where: str, path: str) -> Any:
                     out.append(parse_stage(v))
                 except ValueError as e:
                     raise RecipeError(f"{where}: {path}[{i}]: {e}") from None
-            elif item is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+            elif item is float and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                 out.append(float(v))
             else:
                 raise RecipeError(f"{where}: {path}[{i}]: expected {_TYPE_NAMES[item]}, got {v!r}")
@@ -344,9 +348,11 @@ def load_recipe_file(path: str | Path) -> Recipe:
 
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise RecipeError(f"{path}: cannot read recipe: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not a UTF-8 text file (byte {e.start}): is it a recipe?") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

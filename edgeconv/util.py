@@ -103,6 +103,46 @@ def captured_output():
             os.close(saved[1])
 
 
+def raise_terminated(signum, frame) -> None:
+    """A SIGTERM handler: unwind like Ctrl-C (``finally`` blocks remove temp files, children stop)."""
+    from .errors import Terminated
+
+    raise Terminated()
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """While inside, SIGTERM raises :class:`~edgeconv.errors.Terminated` (a KeyboardInterrupt) in
+    the main thread; the previous handler comes back afterwards."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def die_with_parent() -> None:
+    """In a child process of edgeconv: get SIGTERM when the parent dies, however it dies (Linux
+    ``PR_SET_PDEATHSIG``), and exit at once if it is already gone."""
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent or parent == 1:
+        os._exit(143)
+
+
 def import_tensorflow():
     """``import tensorflow``, without the oneDNN / CPU-feature / absl lines TensorFlow writes to
     file descriptor 2 while loading (TF_CPP_MIN_LOG_LEVEL does not silence them). Returns the

@@ -218,6 +218,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="where to write the result JSON")
     args = ap.parse_args(argv)
     job = BenchJob(**json.loads(args.job))
+    from ..util import die_with_parent
+
+    die_with_parent()
+    # SIGTERM (the parent stopping, or dying): leave quietly, no traceback; no result is written
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
 
     def progress(phase: str, done: int, total: int) -> None:
         print(f"{PROGRESS_PREFIX}{phase} {done} {total}", file=sys.stderr, flush=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..errors import ToolError, UserError
+from ..errors import Terminated, ToolError, UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -48,8 +48,11 @@ def run_guarded(ctx: click.Context, invoke: Callable[[click.Context], Any], inte
     (1; a usage error 2), a tool failure (3; ``EDGECONV_DEBUG=1`` re-raises it with its detail), a
     file that cannot be written or read (3: full disk, read-only, no permission, name too long),
     Ctrl-C (130)."""
+    from ..util import sigterm_as_interrupt
+
     try:
-        return invoke(ctx)
+        with sigterm_as_interrupt():
+            return invoke(ctx)
     except click.UsageError as e:  # e.g. an unknown subcommand, found while the group runs
         if isinstance(e, OneLineUsageError):
             raise
@@ -68,9 +71,10 @@ def run_guarded(ctx: click.Context, invoke: Callable[[click.Context], Any], inte
         where = e.filename or "edgeconv"
         click.echo(f"edgeconv: error: {where}: {e.strerror or e}", err=True)
         ctx.exit(3)
-    except KeyboardInterrupt:
-        click.echo("edgeconv: interrupted" + (f" ({interrupted})" if interrupted else ""), err=True)
-        ctx.exit(130)
+    except KeyboardInterrupt as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        click.echo(f"edgeconv: {how}" + (f" ({interrupted})" if interrupted else ""), err=True)
+        ctx.exit(143 if isinstance(e, Terminated) else 130)
 
 
 class Command(click.Command):

@@ -235,6 +235,9 @@ def main() -> None:
     stderr (the parent's stdout may be --json)."""
     from multiprocessing.connection import Connection
 
+    from ..util import die_with_parent
+
+    die_with_parent()
     inbox = Connection(os.dup(0), writable=False)
     conn = Connection(os.dup(1), readable=False)
     os.dup2(2, 1)

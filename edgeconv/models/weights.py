@@ -63,7 +63,25 @@ def resolve_spec(spec: str) -> Path:
     return p
 
 
+def _text_file(path: Path) -> bool:
+    """A checkpoint is binary (a zip or a safetensors header); a text file is a common mistake."""
+    try:
+        head = path.read_bytes()[:4096] if path.stat().st_size < 1 << 30 else b"\0"
+    except OSError:
+        return False
+    if path.suffix == ".safetensors" or not head or b"\0" in head or head.startswith(b"PK"):
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if _text_file(path):
+        raise WeightsError(f"--weights {path}: a text file, not a checkpoint (.pth/.pt is a zip archive "
+                           "written by torch.save, .safetensors a safetensors file)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -150,6 +168,8 @@ def load_model(recipe: Recipe, spec: str | None = None) -> tuple[EfficientNet, W
     sd = read_state_dict(path)
     layout = "efficientnet_pytorch" if any(k.startswith("_blocks.") for k in sd) else "timm"
     fc = sd.get("_fc.weight" if layout == "efficientnet_pytorch" else "classifier.weight")
+    if fc is not None and fc.ndim == 2 and fc.shape[0] == 0:
+        raise WeightsError(f"--weights {spec}: its classifier has 0 classes")
     if fc is not None and fc.ndim == 2 and fc.shape[0] != recipe.num_classes:
         recipe = recipe.with_classes(int(fc.shape[0]))
     model = build_model(recipe)
@@ -162,5 +182,8 @@ def load_model(recipe: Recipe, spec: str | None = None) -> tuple[EfficientNet, W
             sd[k] = own[k]
     if set(sd) != set(own) or any(sd[k].shape != own[k].shape for k in own):
         raise WeightsError(_describe_mismatch(model, sd, spec))
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise WeightsError(f"--weights {spec}: {len(bad)} tensor(s) hold NaN or inf values, e.g. {bad[0]}")
     model.load_state_dict(sd, strict=True)
     return model.eval(), WeightsInfo(spec, str(path), sha256_file(path), layout, recipe.num_classes)
