@@ -16,9 +16,11 @@ def atomic_path(target: str | Path, suffix: str | None = None):
     """Yield a temp path beside ``target``; on success it replaces ``target`` in one rename, on any
     error (Ctrl-C included) it is removed, so ``target`` is never half-written."""
     target = Path(target)
-    with naming(target):
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp_path = new_temp_file(target.parent, f".{target.name}.", suffix or target.suffix or ".tmp")
+    except OSError as e:  # the user named the target, not our temp file
+        raise OSError(e.errno, e.strerror, str(target)) from e
     try:
         with naming(target):
             yield tmp_path
