@@ -516,10 +516,12 @@ def test_option_errors_are_one_line_before_touching_adb(tinynet: Path, adb_env: 
         (["--runtime", "onnxruntime"], "--device android runs tflite and openvino only, not onnxruntime"),
         (["--core", "3"], "--core is for --device host; on ADB devices use --cores big|little|all|MASK"),
         (["--cores", "fast"], "--cores: must be big, little, all or a hex CPU mask like f0, not 'fast'"),
-        (["--cooldown", "-1"], "--cooldown must be at least 0 and --timeout more than 0"),
+        (["--cooldown", "-1"], "Invalid value for '--cooldown': -1.0 is not in the range 0<=x<=3600. "
+                               "(see 'bench --help')"),
     ]:
         r = cli(adb_env, *base(tinynet), *args)
-        assert (r.exit_code, r.stderr) == (1, f"edgeconv: error: {line}\n")
+        code = 2 if line.startswith("Invalid value") else 1  # bounds are usage errors (exit 2)
+        assert (r.exit_code, r.stderr) == (code, f"edgeconv: error: {line}\n")
     r = cli(adb_env, "tinynet-e", "--device", "pixel-99", "--out", str(tinynet.parent))
     assert r.stderr.startswith("edgeconv: error: --device pixel-99: not host, android, board or a profile in "
                                "devices/ (profiles: generic-android, generic-arm64-linux, huawei-p40)")

@@ -95,7 +95,7 @@ def test_recipe_tiny_writes_a_loadable_recipe(tmp_path):
 # -- weights ----------------------------------------------------------------------------------
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
     p = tmp_path / "broken.pth"
-    p.write_bytes(b"this is not a checkpoint")
+    p.write_bytes(b"PK\x03\x04 truncated zip, not a checkpoint")  # a text file: tests/test_hardening.py
     with pytest.raises(WeightsError, match=r"cannot read checkpoint") as e:
         load_model(load_recipe("tinynet-e"), str(p))
     assert "\n" not in str(e.value)

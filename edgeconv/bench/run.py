@@ -101,9 +101,9 @@ def check_host_cores(threads: int, core: int | None) -> None:
 
 def _checked_sha(file: Path, entry: dict) -> str:
     """The sha256 of ``file``, which must be the one the manifest lists: a stored result always
-    belongs to the artifact it names."""
+    belongs to the artifact it names. A missing file fails alone when measured, under the listed hash."""
     if not file.is_file():
-        raise ArtifactError(f"{file}: missing (listed in the manifest); rebuild with edgeconv build --force")
+        return entry.get("sha256") or ""
     sha = sha256_file(file)
     if entry.get("sha256") and sha != entry["sha256"]:
         raise ArtifactError(f"{file}: sha256 {sha[:12]}... is not the manifest's {entry['sha256'][:12]}...: the "

@@ -66,7 +66,8 @@ def resolve_spec(spec: str) -> Path:
 def _text_file(path: Path) -> bool:
     """A checkpoint is binary (a zip or a safetensors header); a text file is a common mistake."""
     try:
-        head = path.read_bytes()[:4096] if path.stat().st_size < 1 << 30 else b"\0"
+        with path.open("rb") as f:
+            head = f.read(4096)
     except OSError:
         return False
     if path.suffix == ".safetensors" or not head or b"\0" in head or head.startswith(b"PK"):
