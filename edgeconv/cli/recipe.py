@@ -41,6 +41,34 @@ def recipe_tiny(flops: str, name: str | None, output: str | None, as_json: bool)
     click.echo(f"wrote {output}" if output else recipe_to_yaml(res.recipe))
 
 
+@recipe_cmd.command("inverse")
+@click.option("--flops", required=True, help="MACs budget, at most EfficientNet-B0's, e.g. 24M, 0.1G.")
+@click.option("--name", help="Name of the new recipe (default efficientnet-inv-<budget>).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe YAML here.")
+@json_option
+def recipe_inverse(flops: str, name: str | None, output: str | None, as_json: bool) -> None:
+    """EfficientNet-B0 downsized to a FLOPs budget by the inverse giant formula (the paper's B^-n).
+
+    One phi < 0 scales depth 1.2^phi, width 1.1^phi and resolution 1.15^phi (input rounded to a
+    multiple of 8, TinyNet building rules); phi is chosen so the MACs measured on the built model
+    are closest to the budget. If that is more than 6 % off, width alone is fitted at the same r and
+    d, and the output says so."""
+    from ..inverse import inverse_recipe
+    from ..recipe import recipe_to_yaml
+    from ..tiny import parse_flops
+
+    res = inverse_recipe(parse_flops(flops, floor=0), name=name)
+    for message in res.warnings:
+        warn(message)
+    _write(res.recipe, output)
+    if as_json:
+        echo_json(res.to_dict() | {"output": output})
+        return
+    for line in res.lines():
+        click.echo(line)
+    click.echo(f"wrote {output}" if output else recipe_to_yaml(res.recipe))
+
+
 def _write(recipe, output: str | None) -> None:
     if output:
         from ..recipe import recipe_to_yaml
