@@ -11,11 +11,18 @@ def recipe_cmd() -> None:
     """Make new recipes."""
 
 
+def _budget_options(flops_help: str, default_name: str):
+    """--flops, --name, -o and --json: what every recipe-for-a-budget command takes."""
+    def wrap(f):
+        f = json_option(f)
+        f = click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe YAML here.")(f)
+        f = click.option("--name", help=f"Name of the new recipe (default {default_name}).")(f)
+        return click.option("--flops", required=True, help=flops_help)(f)
+    return wrap
+
+
 @recipe_cmd.command("tiny")
-@click.option("--flops", required=True, help="MACs budget, e.g. 50M, 0.1G, 24000000.")
-@click.option("--name", help="Name of the new recipe (default tinynet-<budget>).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe YAML here.")
-@json_option
+@_budget_options("MACs budget, e.g. 50M, 0.1G, 24000000.", "tinynet-<budget>")
 def recipe_tiny(flops: str, name: str | None, output: str | None, as_json: bool) -> None:
     """A TinyNet-style recipe for a FLOPs budget (the paper's tiny formula).
 
@@ -42,10 +49,7 @@ def recipe_tiny(flops: str, name: str | None, output: str | None, as_json: bool)
 
 
 @recipe_cmd.command("inverse")
-@click.option("--flops", required=True, help="MACs budget, at most EfficientNet-B0's, e.g. 24M, 0.1G.")
-@click.option("--name", help="Name of the new recipe (default efficientnet-inv-<budget>).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe YAML here.")
-@json_option
+@_budget_options("MACs budget, at most EfficientNet-B0's, e.g. 24M, 0.1G.", "efficientnet-inv-<budget>")
 def recipe_inverse(flops: str, name: str | None, output: str | None, as_json: bool) -> None:
     """EfficientNet-B0 downsized to a FLOPs budget by the inverse giant formula (the paper's B^-n).
 
