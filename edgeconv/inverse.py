@@ -43,6 +43,12 @@ def input_size(r: float) -> int:
     return max(32, RESOLUTION_STEP * round(BASE_RESOLUTION * r / RESOLUTION_STEP))
 
 
+def _interval_text(lo: float, hi: float) -> str:
+    if lo == hi:
+        return "the only phi of the scan"
+    return f"the middle of [{lo:.3f}, {hi:.3f}], the phi interval"
+
+
 @dataclass
 class InverseResult:
     recipe: Recipe
@@ -88,8 +94,7 @@ class InverseResult:
     def lines(self) -> list[str]:
         out = [f"budget {self.budget / 1e6:.1f}M MACs (c = {self.budget / self.b0_macs:.4f} of "
                f"EfficientNet-B0's {self.b0_macs / 1e6:.1f}M)",
-               f"phi = {self.phi:.3f} (every phi in [{self.phi_interval[0]:.3f}, {self.phi_interval[1]:.3f}] "
-               "builds this model)",
+               f"phi = {self.phi:.3f}: {_interval_text(*self.phi_interval)} building the model closest to the budget",
                f"d = 1.2^phi = {self.d:.4f}  w = 1.1^phi = {self.w_compound:.4f}  r = 1.15^phi = "
                f"{self.r_compound:.4f} -> input {self.resolution} (r = {self.r:.4f})"]
         if self.corrected:
@@ -209,8 +214,8 @@ def inverse_recipe(budget: int, name: str | None = None) -> InverseResult:
         "generator": "edgeconv recipe inverse (inverse giant formula; a reconstruction of the TinyNet "
                      "paper's EfficientNet B^-n)",
         "budget_macs": budget,
-        "phi": f"{phi:.3f}: the middle of [{lo_phi:.3f}, {hi_phi:.3f}], the phi interval (scanned in steps of "
-               f"{SCAN_STEP}) building the model whose measured MACs are closest to the budget",
+        "phi": f"{phi:.3f}: {_interval_text(lo_phi, hi_phi)} (phi scanned in steps of {SCAN_STEP}) that builds "
+               "the model whose measured MACs are closest to the budget",
         "multipliers": f"d = 1.2^phi = {d:.4f}, w = 1.1^phi = {w_compound:.4f}, r = 1.15^phi = {r_compound:.4f}",
         "resolution": f"224 * r = {BASE_RESOLUTION * r_compound:.1f} rounded to a multiple of 8: {recipe.resolution}",
         "rules": "TinyNet building rules: depth rounded, fixed 32-channel stem, head max(1280, scaled)",
