@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
@@ -177,51 +178,209 @@ def _labels(rows: Sequence[dict]) -> list[str]:
     return out
 
 
-def plot_pareto(rows: Sequence[dict], path: str | Path, title: str | None = None) -> int:
-    """Latency (x, median ms) against ImageNet top-1 (y) — or against MACs when no row has an
-    accuracy result — with the Pareto front as a step line. PNG or SVG by the file suffix, written
-    atomically. Returns the number of points plotted."""
+def published_top1(model: str) -> float | None:
+    """The paper's top-1 (%) from the model's recipe, or None (no such recipe, nothing published)."""
+    from .recipe import load_recipe
+
+    try:
+        top1 = load_recipe(model).published.get("top1")
+    except UserError:
+        return None
+    return float(top1) if isinstance(top1, (int, float)) else None
+
+
+@dataclass
+class PlotPoint:
+    model: str
+    label: str
+    family: str
+    latency_ms: float
+    y: float  # top-1 % (measured or published), or MMACs when nothing has a top-1
+    published: bool  # y is the paper's top-1, not one measured by ``edgeconv eval``
+    on_front: bool = False
+
+
+@dataclass
+class PlotFacts:
+    """What the plot shows, for callers and tests: the points, the front, the texts, and where each
+    label was placed (display pixels: x0, y0, x1, y1)."""
+
+    points: list[PlotPoint]
+    by_accuracy: bool
+    title: str
+    xlabel: str
+    ylabel: str
+    label_boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+
+    @property
+    def front(self) -> list[str]:
+        return [p.label for p in self.points if p.on_front]
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+def plot_points(rows: Sequence[dict], published: Callable[[str], float | None] = published_top1
+                ) -> tuple[list[PlotPoint], bool]:
+    """The points of the plot and whether y is top-1: the measured top-1 where ``eval`` stored one,
+    the published one otherwise; latency vs MACs (no front) only when no row has either. The
+    Pareto front (nothing both faster and more accurate) is marked on top-1 plots only."""
+    rows = [r for r in rows if r.get("median_ms")]
+    paper = {m: published(m) for m in {r["model"] for r in rows}}
+    by_accuracy = any(r.get("top1_pct") is not None or paper[r["model"]] is not None for r in rows)
+    points = []
+    for r, label in zip(rows, _labels(rows), strict=True):
+        if by_accuracy:
+            measured = r.get("top1_pct")
+            y = measured if measured is not None else paper[r["model"]]
+            is_published = measured is None
+        else:
+            y, is_published = (r["macs"] / 1e6 if r.get("macs") is not None else None), False
+        if y is not None:
+            points.append(PlotPoint(r["model"], label, family_of(r["model"]), float(r["median_ms"]), float(y),
+                                    is_published))
+    if by_accuracy:
+        for i in pareto_front([(p.latency_ms, p.y) for p in points]):
+            points[i].on_front = True
+    return points, by_accuracy
+
+
+def _plot_texts(rows: Sequence[dict], points: Sequence[PlotPoint], by_accuracy: bool) -> tuple[str, str, str]:
+    used = [r for r in rows if r.get("median_ms")]
+    devices = ", ".join(sorted({str(r.get("device")) for r in used}))
+    threads = sorted({int(r.get("threads") or 1) for r in used})
+    thread_text = "/".join(map(str, threads)) + (" thread" if threads == [1] else " threads")
+    precisions = ", ".join(sorted({f"{r.get('format')} {r.get('precision')}" for r in used}))
+    title = (f"{'Latency vs ImageNet top-1' if by_accuracy else 'Latency vs MACs'} on {devices}: "
+             f"{thread_text}, batch 1, {precisions}")
+    xlabel = f"latency on {devices}, median ms ({thread_text}, batch 1)"
+    if not by_accuracy:
+        ylabel = "MACs (millions); no top-1 known, so no front"
+    elif all(p.published for p in points):
+        ylabel = "ImageNet top-1 (%), published (hollow markers)"
+    elif any(p.published for p in points):
+        ylabel = "ImageNet top-1 (%): measured (filled) or published (hollow)"
+    else:
+        ylabel = "ImageNet top-1 (%), measured by edgeconv eval"
+    return title, xlabel, ylabel
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+# label offsets in points (dx, dy, ha, va), tried in order at growing distances
+_PLACES = [(6, 5, "left", "bottom"), (6, -5, "left", "top"), (-6, 5, "right", "bottom"), (-6, -5, "right", "top"),
+           (0, 8, "center", "bottom"), (0, -8, "center", "top"), (8, 0, "left", "center"), (-8, 0, "right", "center")]
+
+
+def _place_labels(fig, ax, points: Sequence[PlotPoint], avoid=()) -> list[tuple[float, float, float, float]]:
+    """Greedy non-overlapping placement: each label takes the first candidate position (nearest
+    first) that stays inside the axes and overlaps no placed label, no marker and nothing in
+    ``avoid`` (display boxes, e.g. the legend); failing all, the least overlapping one. Labels set
+    away from their point get a thin leader line. Returns each label's box (display pixels)."""
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    pad = 8.0 * fig.dpi / 72  # twice a marker's half size in pixels: a label keeps clear of other points
+    markers = [ax.transData.transform((p.latency_ms, p.y)) for p in points]
+    taken = [(x - pad, y - pad, x + pad, y + pad) for x, y in markers] + list(avoid)
+    boxes: list[tuple[float, float, float, float]] = [(0.0, 0.0, 0.0, 0.0)] * len(points)
+
+    def neighbours(i: int) -> int:
+        return sum(1 for m in markers if abs(m[0] - markers[i][0]) + abs(m[1] - markers[i][1]) < 80)
+
+    for i in sorted(range(len(points)), key=neighbours, reverse=True):  # crowded points first
+        p = points[i]
+        best = None
+        for scale in (1, 2, 3.5, 5):
+            for dx, dy, ha, va in _PLACES:
+                lead = {"arrowstyle": "-", "color": "0.5", "linewidth": 0.5, "shrinkA": 0, "shrinkB": 3}
+                ann = ax.annotate(p.label, (p.latency_ms, p.y), textcoords="offset points",
+                                  xytext=(dx * scale, dy * scale), ha=ha, va=va, fontsize=7, zorder=4,
+                                  arrowprops=lead if scale > 1 else None,
+                                  bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
+                ann.update_positions(renderer)
+                e = Text.get_window_extent(ann, renderer)  # the text alone, not its leader line
+                box = (e.x0, e.y0, e.x1, e.y1)
+                outside = box[0] < inside.x0 or box[2] > inside.x1 or box[1] < inside.y0 or box[3] > inside.y1
+                cost = sum(_overlap(box, t) for j, t in enumerate(taken) if j != i) + (1e9 if outside else 0)
+                if best is None or cost < best[0]:
+                    if best is not None:
+                        best[1].remove()
+                    best = (cost, ann, box)
+                else:
+                    ann.remove()
+                if cost == 0:
+                    break
+            if best[0] == 0:
+                break
+        taken.append(best[2])
+        boxes[i] = best[2]
+    return boxes
+
+
+def plot_pareto(rows: Sequence[dict], path: str | Path, title: str | None = None) -> PlotFacts:
+    """Latency (x, median ms) against ImageNet top-1 (y): measured where ``eval`` stored a result,
+    the published figure otherwise (hollow markers); the Pareto front as a step line. Only when no
+    model has any top-1, latency against MACs, without a front. PNG or SVG by the file suffix,
+    written atomically. Returns what was plotted (:class:`PlotFacts`)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in PLOT_SUFFIXES:
         raise UserError(f"--plot {path}: use a .png or .svg file name")
     if not path.absolute().parent.is_dir():
         raise UserError(f"--plot {path}: folder {path.parent} does not exist")
-    pts = [r for r in rows if r.get("median_ms")]
-    by_accuracy = any(r.get("top1_pct") is not None for r in pts)
-    ykey = "top1_pct" if by_accuracy else "macs"
-    pts = [r for r in pts if r.get(ykey) is not None]
-    if not pts:
+    points, by_accuracy = plot_points(rows)
+    if not points:
         raise UserError("nothing to plot: no benchmark results with latency and accuracy or MACs")
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+    from matplotlib.lines import Line2D
 
-    xs = [float(r["median_ms"]) for r in pts]
-    ys = [float(r[ykey]) if by_accuracy else r[ykey] / 1e6 for r in pts]
+    auto_title, xlabel, ylabel = _plot_texts(rows, points, by_accuracy)
+    facts = PlotFacts(points, by_accuracy, title or auto_title, xlabel, ylabel)
     fig = Figure(figsize=(8, 5.5), dpi=150, layout="constrained")
+    FigureCanvasAgg(fig)
     ax = fig.subplots()
-    families = [family_of(r["model"]) for r in pts]
+    handles = []
     for fam, (color, marker) in FAMILY_STYLE.items():
-        idx = [i for i, f in enumerate(families) if f == fam]
-        if idx:
-            ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], c=color, marker=marker, s=42,
-                       label=fam, zorder=3, edgecolors="black", linewidths=0.4)
-    for x, y, label in zip(xs, ys, _labels(pts), strict=True):
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, zorder=4,
-                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.75})
-    front = pareto_front(list(zip(xs, ys, strict=True)))
-    fx, fy = [xs[i] for i in front], [ys[i] for i in front]
-    ax.step(fx, fy, where="post", color="black", linestyle="--", linewidth=1, alpha=0.7, zorder=2,
-            label="Pareto front" if by_accuracy else "front (most MACs per ms)")
-    ax.margins(x=0.1, y=0.06)  # room for the right-most labels
+        for published in (False, True):
+            sel = [p for p in points if p.family == fam and p.published == published]
+            if sel:
+                ax.scatter([p.latency_ms for p in sel], [p.y for p in sel], marker=marker, s=42, zorder=3,
+                           facecolors="none" if published else color, edgecolors=color if published else "black",
+                           linewidths=1.2 if published else 0.4)
+        if any(p.family == fam for p in points):
+            handles.append(Line2D([], [], color=color, marker=marker, linestyle="", markeredgecolor="black",
+                                  markeredgewidth=0.4, label=fam))
+    if any(p.published for p in points):
+        handles.append(Line2D([], [], color="0.3", marker="o", linestyle="", markerfacecolor="none",
+                              label="published top-1 (hollow)"))
+    if by_accuracy and not all(p.published for p in points):
+        handles.append(Line2D([], [], color="0.3", marker="o", linestyle="", label="measured top-1 (filled)"))
+    if by_accuracy:
+        front = sorted((p for p in points if p.on_front), key=lambda p: p.latency_ms)
+        ax.step([p.latency_ms for p in front], [p.y for p in front], where="post", color="black",
+                linestyle="--", linewidth=1, alpha=0.7, zorder=2)
+        handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1,
+                              label="Pareto front (faster or more accurate)"))
+    xs = [p.latency_ms for p in points]
     if max(xs) / max(min(xs), 1e-9) > 20:
         ax.set_xscale("log")
-    devices = sorted({str(r.get("device")) for r in pts})
-    ax.set_xlabel(f"latency, median ms (batch 1, {pts[0].get('threads') or 1} thread) on "
-                  f"{', '.join(devices)}")
-    ax.set_ylabel("ImageNet top-1 accuracy (%)" if by_accuracy else "MACs (millions)")
-    ax.set_title(title or ("Latency vs accuracy" if by_accuracy else "Latency vs MACs"))
+    ax.margins(x=0.15, y=0.1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(facts.title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    legend = ax.legend(handles=handles, loc="lower right", fontsize=7)
+    fig.canvas.draw()  # settle the constrained layout, then freeze it so label positions hold
+    fig.set_layout_engine("none")
+    e = legend.get_window_extent(fig.canvas.get_renderer())
+    facts.label_boxes = _place_labels(fig, ax, points, avoid=[(e.x0, e.y0, e.x1, e.y1)])
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=suffix[1:])
-    return len(pts)
+    return facts

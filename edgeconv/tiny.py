@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .errors import UserError
@@ -20,14 +21,16 @@ from .recipe import Recipe, check_slug, load_recipe
 ANCHORS = ("tinynet-a", "tinynet-b", "tinynet-c", "tinynet-d", "tinynet-e")
 
 
-def parse_flops(text: str) -> int:
+def parse_flops(text: str, floor: int = 5_000_000) -> int:
+    """``50M``, ``0.1G``, ``24000000`` -> MACs; below ``floor`` is refused (the tiny formula's stem and
+    head alone cost about 5M; callers with their own lower bound pass 0)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGbB]?)\s*", str(text))
     if not m:
         raise UserError(f"--flops {text!r}: expected a number with an optional K/M/G suffix, e.g. 50M")
     scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}[m.group(2).lower()]
     value = int(float(m.group(1)) * scale)
-    if value < 5_000_000:
-        raise UserError(f"--flops {text}: below 5M MACs the stem and head alone exceed the budget")
+    if value < floor:
+        raise UserError(f"--flops {text}: below {floor / 1e6:g}M MACs the stem and head alone exceed the budget")
     return value
 
 
@@ -60,6 +63,18 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float:
         i = max(j for j in range(len(xs) - 1) if xs[j] <= x)
     t = (x - xs[i]) / (xs[i + 1] - xs[i])
     return ys[i] + t * (ys[i + 1] - ys[i])
+
+
+def fit_width(make: Callable[[float], Recipe], budget: int, lo: float, hi: float,
+              steps: int = 30) -> tuple[float, float]:
+    """Bisect the width of ``make(w)`` on ``budget``: (lo, hi) with MACs(lo) <= budget < MACs(hi)
+    (assuming MACs(lo) <= budget on entry). Shared with the inverse giant formula."""
+    from .zoo import measure
+
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if measure(make(mid))[1] <= budget else (lo, mid)
+    return lo, hi
 
 
 def tiny_recipe(budget: int, name: str | None = None, fit: bool = True) -> TinyResult:
@@ -102,10 +117,7 @@ def tiny_recipe(budget: int, name: str | None = None, fit: bool = True) -> TinyR
         if measure(make(lo))[1] > budget:
             raise UserError(f"--flops {budget / 1e6:g}M: even the narrowest model at r={r:.3f}, "
                             f"d={d:.3f} exceeds the budget")
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if measure(make(mid))[1] <= budget else (lo, mid)
-        w = lo
+        w, _ = fit_width(make, budget, lo, hi)
     recipe = make(w)
     params, macs = measure(recipe)
     warnings = []

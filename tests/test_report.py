@@ -1,5 +1,6 @@
 """`edgeconv results` / `edgeconv report`: which run represents a row, the table/Markdown/CSV/JSON
-outputs, and the Pareto plot (file written, number of points, pixels of each family's colour)."""
+outputs, and the Pareto plot (file written, pixels of each family's colour, which points are
+published or on the front, label boxes that do not overlap)."""
 from __future__ import annotations
 
 import json
@@ -100,7 +101,8 @@ def test_plot_png_latency_vs_accuracy(db: Path, tmp_path: Path) -> None:
     with Store(db) as s:
         rows = report_rows(s)
     png = tmp_path / "pareto.png"
-    assert plot_pareto(rows, png) == 6  # lite1 has no accuracy result: not plotted
+    facts = plot_pareto(rows, png)
+    assert len(facts) == 7  # lite1 has no accuracy result: plotted at its published top-1
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(png).size == (1200, 825)
     for fam in ("TinyNet", "EfficientNet", "EfficientNet-Lite"):
@@ -108,17 +110,49 @@ def test_plot_png_latency_vs_accuracy(db: Path, tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
 
 
-def test_plot_svg_latency_vs_macs_without_accuracy(tmp_path: Path) -> None:
+def test_plot_facts_measured_published_front_labels(tmp_path: Path) -> None:
+    """Measured top-1 where eval stored one, the recipe's published top-1 otherwise (hollow); the
+    front over latency and top-1; labels that overlap nothing; texts naming device, threads and
+    precision."""
     path = tmp_path / "r.db"
-    fill(path, accuracy=False)
+    fill(path, [z for z in ZOO if z[0] != "tinynet-a"])
+    fill(path, [("tinynet-a", None, 6.2, 339), ("tinynet-b", None, 4.1, 200), ("tinynet-d", None, 1.6, 52),
+                ("efficientnet-bm1", None, 4.0, 193), ("efficientnet-bm4", None, 1.2, 25)])
+    with Store(path) as s:
+        rows = report_rows(s)
+    facts = plot_pareto(rows, tmp_path / "p.png")
+    by_model = {p.model: p for p in facts.points}
+    assert "efficientnet-bm1" not in by_model  # no eval result and nothing published: not plotted
+    assert {m for m, p in by_model.items() if p.published} == {
+        "tinynet-a", "tinynet-b", "tinynet-d", "efficientnet-bm4", "efficientnet-lite1"}
+    assert (by_model["tinynet-a"].y, by_model["efficientnet-bm4"].y, by_model["efficientnet-lite1"].y) == \
+        (76.8, 56.7, 76.7)  # the papers' figures
+    assert by_model["tinynet-e"].y == pytest.approx(59.9) and not by_model["tinynet-e"].published
+    # nothing both faster and more accurate than a front point; lite1 (7.9 ms, 76.7) loses to tinynet-a
+    assert facts.front == ["efficientnet-b0", "efficientnet-lite0", "tinynet-a", "tinynet-b", "tinynet-c",
+                           "tinynet-d", "tinynet-e"]
+    boxes = facts.label_boxes
+    assert len(boxes) == len(facts.points)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1]), (a, b)
+    assert facts.title == "Latency vs ImageNet top-1 on box: 1 thread, batch 1, tflite int8"
+    assert facts.xlabel == "latency on box, median ms (1 thread, batch 1)"
+    assert facts.ylabel == "ImageNet top-1 (%): measured (filled) or published (hollow)"
+
+
+def test_plot_svg_latency_vs_macs_without_any_top1(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    fill(path, [(f"my-net-{i}", None, ms, mmacs) for i, (_m, _t, ms, mmacs) in enumerate(ZOO)], accuracy=False)
     with Store(path) as s:
         rows = report_rows(s)
     svg = tmp_path / "p.svg"
     svg.write_text("old")
-    assert plot_pareto(rows, svg) == 7
+    facts = plot_pareto(rows, svg)
+    assert len(facts) == 7 and not facts.by_accuracy and facts.front == []  # no front over MACs
     text = svg.read_text()
     assert text.startswith("<?xml") and "<svg" in text and "MACs (millions)" in text
-    assert "tinynet-e" in text and "efficientnet-lite1" in text
+    assert "my-net-0" in text and "my-net-6" in text and "Pareto" not in text
 
 
 def test_plot_errors(tmp_path: Path) -> None:
@@ -141,7 +175,7 @@ def test_report_cli(db: Path, tmp_path: Path) -> None:
     r = run.invoke(report, ["--db", str(db), "--markdown", "--plot", str(tmp_path / "p.png")])
     assert r.exit_code == 0, r.stderr
     assert r.stdout.count("\n") == 2 + len(ZOO)
-    assert r.stderr == f"plotted 6 points to {tmp_path}/p.png\n"
+    assert r.stderr == f"plotted 7 points to {tmp_path}/p.png\n"
     r = run.invoke(report, ["--db", str(db), "--csv"])
     assert r.stdout.splitlines()[0] == ",".join(REPORT_FIELDS)
     r = run.invoke(report, ["--db", str(db), "--plot", str(tmp_path / "p.jpg")])

@@ -11,11 +11,18 @@ def recipe_cmd() -> None:
     """Make new recipes."""
 
 
+def _budget_options(flops_help: str, default_name: str):
+    """--flops, --name, -o and --json: what every recipe-for-a-budget command takes."""
+    def wrap(f):
+        f = json_option(f)
+        f = click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe YAML here.")(f)
+        f = click.option("--name", help=f"Name of the new recipe (default {default_name}).")(f)
+        return click.option("--flops", required=True, help=flops_help)(f)
+    return wrap
+
+
 @recipe_cmd.command("tiny")
-@click.option("--flops", required=True, help="MACs budget, e.g. 50M, 0.1G, 24000000.")
-@click.option("--name", help="Name of the new recipe (default tinynet-<budget>).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe YAML here.")
-@json_option
+@_budget_options("MACs budget, e.g. 50M, 0.1G, 24000000.", "tinynet-<budget>")
 def recipe_tiny(flops: str, name: str | None, output: str | None, as_json: bool) -> None:
     """A TinyNet-style recipe for a FLOPs budget (the paper's tiny formula).
 
@@ -38,6 +45,31 @@ def recipe_tiny(flops: str, name: str | None, output: str | None, as_json: bool)
                f"w = sqrt(c / (r^2 d)) = {res.w_formula:.4f}")
     click.echo(f"reached {res.macs / 1e6:.2f}M MACs ({100 * (res.macs / budget - 1):+.1f} % vs budget), "
                f"{res.params / 1e6:.2f}M params")
+    click.echo(f"wrote {output}" if output else recipe_to_yaml(res.recipe))
+
+
+@recipe_cmd.command("inverse")
+@_budget_options("MACs budget, at most EfficientNet-B0's, e.g. 24M, 0.1G.", "efficientnet-inv-<budget>")
+def recipe_inverse(flops: str, name: str | None, output: str | None, as_json: bool) -> None:
+    """EfficientNet-B0 downsized to a FLOPs budget by the inverse giant formula (the paper's B^-n).
+
+    One phi < 0 scales depth 1.2^phi, width 1.1^phi and resolution 1.15^phi (input rounded to a
+    multiple of 8, TinyNet building rules); phi is chosen so the MACs measured on the built model
+    are closest to the budget. If that is more than 6 % off, width alone is fitted at the same r and
+    d, and the output says so."""
+    from ..inverse import inverse_recipe
+    from ..recipe import recipe_to_yaml
+    from ..tiny import parse_flops
+
+    res = inverse_recipe(parse_flops(flops, floor=0), name=name)
+    for message in res.warnings:
+        warn(message)
+    _write(res.recipe, output)
+    if as_json:
+        echo_json(res.to_dict() | {"output": output})
+        return
+    for line in res.lines():
+        click.echo(line)
     click.echo(f"wrote {output}" if output else recipe_to_yaml(res.recipe))
 
 

@@ -56,7 +56,7 @@ def results(models: str | None, device: str | None, limit: int, fmt: str, db: st
               help="Runs with this many threads.")
 @click.option("--markdown", "fmt", flag_value="markdown", help="Print a Markdown table.")
 @_output_format
-@click.option("--plot", metavar="FILE", help="Also draw latency vs top-1 (or MACs) to FILE.png/.svg.")
+@click.option("--plot", metavar="FILE", help="Also draw latency vs top-1 (measured, else published) to FILE.png/.svg.")
 @db_option
 def report(models: str | None, device: str | None, threads: int, fmt: str, plot: str | None,
            db: str | None) -> None:
@@ -69,7 +69,7 @@ def report(models: str | None, device: str | None, threads: int, fmt: str, plot:
         rows = report_rows(store, split(models), device, threads)
         path = store.path
     if plot:
-        n = plot_pareto(rows, plot)
+        n = len(plot_pareto(rows, plot))
         click.echo(f"plotted {n} point{'s' if n != 1 else ''} to {plot}", err=True)
     if not rows and fmt in ("table", "markdown"):
         click.echo(f"no successful {threads}-thread benchmark results in {path}", err=True)
