@@ -202,7 +202,7 @@ class RemoteRequest:
 
 
 def _remote_request(device: str, runtimes: Sequence[str], core: int | None, cores: str | None,
-                    serials: Sequence[str], adb: Adb | None) -> RemoteRequest:
+                    serials: Sequence[str], adb: Adb | None, plan: bool = True) -> RemoteRequest:
     """Validate the options of an ADB benchmark and find its devices (before any build)."""
     from ..bench.adb import Adb
     from ..bench.android import plan_devices
@@ -217,36 +217,78 @@ def _remote_request(device: str, runtimes: Sequence[str], core: int | None, core
         check_cores(cores)
     profile = None if device in DEVICES else find_profile(device)
     adb = adb or Adb()
-    return RemoteRequest(profile, plan_devices(adb, serials, profile), adb)
+    return RemoteRequest(profile, plan_devices(adb, serials, profile) if plan else [], adb)
+
+
+class _DeviceRecorder:
+    """Stores what ADB devices (local or on a farm) report: a device row before its results, each
+    result in its own transaction as it arrives."""
+
+    def __init__(self, store: Store | None, on_result: Callable[[Outcome], None] | None) -> None:
+        self.store, self.on_result = store, on_result
+        self.infos: dict[str, dict] = {}
+        self.ids: dict[str, int | None] = {}
+        self.outcomes: list[Outcome] = []
+
+    def device(self, serial: str, info: dict) -> None:
+        self.infos[serial] = info
+        self.ids[serial] = self.store.upsert_device(info) if self.store else None
+
+    def result(self, serial: str, target: Target, rec: RunRecord) -> None:
+        from ..bench.android import record_result
+
+        run_id = record_result(self.store, self.ids[serial], target.artifact, rec) if self.store else None
+        self.outcomes.append(Outcome(target, rec, run_id, self.infos[serial]))
+        if self.on_result:
+            self.on_result(self.outcomes[-1])
+
+    def summary(self, serials: Sequence[str]) -> tuple[dict, list[Outcome]]:
+        found = [self.infos[s] for s in serials if s in self.infos]
+        info = found[0] if len(found) == 1 else {"kind": "android", "name": f"{len(found)} devices",
+                                                 "cpu_model": "ADB", "devices": found}
+        return info, self.outcomes
 
 
 def _bench_remote(request: RemoteRequest, targets: list[Target], store: Store | None, opts: RemoteOptions,
                   on_result: Callable[[Outcome], None] | None,
                   on_progress: Callable[[Target, str, int, int], None] | None,
                   warn: Callable[[str], None] | None) -> tuple[dict, list[Outcome]]:
-    from ..bench.android import bench_remote, record_result
+    from ..bench.android import bench_remote
 
-    infos: dict[str, dict] = {}
-    ids: dict[str, int | None] = {}
-    outcomes: list[Outcome] = []
+    rec = _DeviceRecorder(store, on_result)
+    bench_remote(targets, request.plans, opts, adb=request.adb, on_device=rec.device, on_result=rec.result,
+                 on_progress=_device_progress(on_progress), warn=warn)
+    return rec.summary([p.serial for p in request.plans])
 
-    def on_device(serial: str, info: dict) -> None:
-        infos[serial] = info
-        ids[serial] = store.upsert_device(info) if store else None
 
-    def record(serial: str, target: Target, rec: RunRecord) -> None:
-        run_id = record_result(store, ids[serial], target.artifact, rec) if store else None
-        outcomes.append(Outcome(target, rec, run_id, infos[serial]))
-        if on_result:
-            on_result(outcomes[-1])
+def _device_progress(on_progress: Callable[[Target, str, int, int], None] | None
+                     ) -> Callable[[str, Target, str], None] | None:
+    return (lambda serial, t, phase: on_progress(t, f"{phase} on {serial}", 0, 1)) if on_progress else None
 
-    bench_remote(targets, request.plans, opts, adb=request.adb, on_device=on_device, on_result=record,
-                 on_progress=(lambda serial, t, phase: on_progress(t, f"{phase} on {serial}", 0, 1))
-                 if on_progress else None, warn=warn)
-    found = [infos[p.serial] for p in request.plans if p.serial in infos]
-    info = found[0] if len(found) == 1 else {"kind": "android", "name": f"{len(found)} devices",
-                                             "cpu_model": "ADB", "devices": found}
-    return info, outcomes
+
+@dataclass
+class FarmRequest:
+    """``bench --farm``: the connected farm and the devices chosen on it (before any build)."""
+
+    ray: object
+    devices: list[dict]
+
+
+def _bench_farm(request: FarmRequest, targets: list[Target], store: Store | None, opts: RemoteOptions,
+                on_result: Callable[[Outcome], None] | None,
+                on_progress: Callable[[Target, str, int, int], None] | None,
+                warn: Callable[[str], None] | None) -> tuple[dict, list[Outcome]]:
+    from ..bench.farm import bench_farm
+    from ..store import RunRecord, now_iso
+
+    def failed(target: Target, error: str) -> RunRecord:
+        return RunRecord(runtime=target.runtime, status="failed", runs_requested=opts.runs, warmup=opts.warmup,
+                         threads=opts.threads, error=error, finished_at=now_iso())
+
+    rec = _DeviceRecorder(store, on_result)
+    bench_farm(request.ray, targets, request.devices, opts, on_device=rec.device, on_result=rec.result,
+               on_progress=_device_progress(on_progress), warn=warn, failed_record=failed)
+    return rec.summary([d["serial"] for d in request.devices])
 
 
 def run_bench(name: str | None, device: str = "host", *, runtimes: Sequence[str] | None = None,
@@ -258,12 +300,31 @@ def run_bench(name: str | None, device: str = "host", *, runtimes: Sequence[str]
               on_progress: Callable[[Target, str, int, int], None] | None = None,
               warn: Callable[[str], None] | None = None, serials: Sequence[str] = (),
               cores: str | None = None, cooldown: float | None = None, runner: str | None = None,
-              timeout: float = 3600.0, reconnect_timeout: float = 30.0, adb: Adb | None = None
-              ) -> tuple[dict, list[Outcome]]:
+              timeout: float = 3600.0, reconnect_timeout: float = 30.0, adb: Adb | None = None,
+              farm: str | None = None, token_file: str | Path | None = None, model_pattern: str | None = None,
+              _farm: FarmRequest | None = None) -> tuple[dict, list[Outcome]]:
     """Benchmark the artifacts of ``name`` (or of the ``artifacts`` folder) on ``device``: ``host``,
     ``android``/``board`` (every attached ADB device, or ``serials``) or a profile name.
     Each result goes to ``store`` in its own transaction as soon as it exists.
+    With ``farm`` (HOST:PORT of an ``edgeconv farm head``), the devices are those of the farm's
+    nodes (``serials``, ``model_pattern``, ``device`` kind or profile choose among them).
     Returns (device info, outcomes); failed artifacts are outcomes with status 'failed'."""
+    if farm is not None:
+        if device == "host":
+            raise UserError("--farm benchmarks ADB devices: use --device android, board or a profile")
+        import contextlib
+
+        from ..bench.farm import choose_devices, connected, farm_devices
+
+        with contextlib.ExitStack() as stack:
+            _remote_request(device, runtimes or ("tflite",), core, cores, (), adb, plan=False)
+            ray = stack.enter_context(connected(farm, Path(token_file) if token_file else None))
+            chosen = choose_devices(farm_devices(ray), device, serials, model_pattern)
+            return run_bench(name, device, runtimes=runtimes, precisions=precisions, runs=runs, warmup=warmup,
+                             threads=threads, artifacts=artifacts, out=out, weights=weights, store=store,
+                             on_start=on_start, on_result=on_result, on_progress=on_progress, warn=warn,
+                             cores=cores, cooldown=cooldown, runner=runner, timeout=timeout,
+                             reconnect_timeout=reconnect_timeout, _farm=FarmRequest(ray, chosen))
     if runs < 1 or warmup < 0 or threads < 1:
         raise UsageError("--runs and --threads must be at least 1, --warmup at least 0")
     if cooldown is not None and cooldown < 0 or timeout <= 0:
@@ -278,7 +339,7 @@ def run_bench(name: str | None, device: str = "host", *, runtimes: Sequence[str]
         info = device_info(device)
     else:
         runtimes = list(runtimes or ("tflite",))
-        request = _remote_request(device, runtimes, core, cores, serials, adb)
+        request = _remote_request(device, runtimes, core, cores, serials, adb, plan=_farm is None)
         info = {}
     if artifacts is not None:
         manifest, sha = read_manifest(artifacts)
@@ -298,10 +359,15 @@ def run_bench(name: str | None, device: str = "host", *, runtimes: Sequence[str]
     if request is not None:
         from ..bench.android import RemoteOptions
 
-        if on_start:
-            on_start(targets * len(request.plans))
         opts = RemoteOptions(runs=runs, warmup=warmup, threads=threads, cores=cores, cooldown=cooldown,
                              runner=runner, timeout_s=timeout, reconnect_timeout_s=reconnect_timeout)
+        if _farm is not None:
+            if on_start:
+                on_start(targets * len(_farm.devices))
+            return _bench_farm(_farm, targets, store, opts, on_result=on_result, on_progress=on_progress,
+                               warn=warn)
+        if on_start:
+            on_start(targets * len(request.plans))
         return _bench_remote(request, targets, store, opts, on_result=on_result, on_progress=on_progress,
                              warn=warn)
     device_id = store.upsert_device(info) if store else None

@@ -13,6 +13,7 @@ from .accuracy import check_cmd, eval_cmd
 from .bench import bench, devices
 from .build import build_cmd
 from .common import CONTEXT, Group
+from .farm import farm_cmd
 from .models import models_cmd
 from .recipe import recipe_cmd
 from .results import report, results
@@ -31,7 +32,7 @@ def cli() -> None:
     """
 
 
-for command in (models_cmd, recipe_cmd, build_cmd, eval_cmd, check_cmd, devices, bench, results, report):
+for command in (models_cmd, recipe_cmd, build_cmd, eval_cmd, check_cmd, devices, bench, farm_cmd, results, report):
     cli.add_command(command)
 
 

@@ -70,9 +70,16 @@ class _Progress:
 
 @click.command("bench", cls=Command, interrupted="results measured so far are saved")
 @click.argument("name", required=False)
-@click.option("--device", default="host", show_default=True, metavar="host|android|board|PROFILE",
+@click.option("--device", default=None, metavar="host|android|board|PROFILE",
               help="Where to run: this machine, every attached ADB device (phones and boards, in "
-              "parallel), or a profile from devices/ (a name or a .yaml path).")
+              "parallel), or a profile from devices/ (a name or a .yaml path). Default: host, or "
+              "android with --farm.")
+@click.option("--farm", metavar="HOST:PORT", help="Benchmark the devices of the farm whose head is at "
+              "HOST:PORT (edgeconv farm head), on the hosts they are attached to.")
+@click.option("--token-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="--farm: the farm's token (default: this host's farm folder).")
+@click.option("--model", "model_pattern", metavar="PATTERN",
+              help="--farm: only devices whose model matches this pattern (e.g. 'Pixel 8*').")
 @click.option("--serial", "serials", multiple=True, metavar="S",
               help="ADB device to use (repeatable; HOST:PORT is `adb connect`ed). Default: all attached.")
 @click.option("--runtime", "runtime", metavar="LIST", help="Comma list of tflite, openvino, onnxruntime "
@@ -103,7 +110,8 @@ class _Progress:
 @weights_option
 @db_option
 @json_option
-def bench(name: str | None, device: str, serials: tuple[str, ...], runtime: str | None,
+def bench(name: str | None, device: str | None, farm: str | None, token_file: str | None,
+          model_pattern: str | None, serials: tuple[str, ...], runtime: str | None,
           precisions: str | None, runs: int, warmup: int, threads: int, core: int | None,
           cores: str | None, cooldown: float | None, runner: str | None, timeout: float,
           artifacts: str | None, out: str, weights: str | None, db: str | None, as_json: bool) -> None:
@@ -111,6 +119,9 @@ def bench(name: str | None, device: str, serials: tuple[str, ...], runtime: str 
     own process. Results are saved to the results database one by one as they are measured."""
     from ..store import Store
 
+    if model_pattern and not farm:
+        raise UserError("--model chooses among farm devices: give --farm HOST:PORT too")
+    device = device or ("android" if farm else "host")
     runtimes = parse_choices(runtime, RUNTIMES, "--runtime") if runtime else None
     precs = parse_choices(precisions, PRECISIONS, "--precisions")
     progress = _Progress()
@@ -121,7 +132,8 @@ def bench(name: str | None, device: str, serials: tuple[str, ...], runtime: str 
                                        out=out, weights=weights, store=store, warn=warn,
                                        on_start=progress.start, on_result=progress.result,
                                        on_progress=progress.progress, serials=serials, cores=cores,
-                                       cooldown=cooldown, runner=runner, timeout=timeout)
+                                       cooldown=cooldown, runner=runner, timeout=timeout, farm=farm,
+                                       token_file=token_file, model_pattern=model_pattern)
         finally:
             progress.stop()
         db_path = str(store.path)
