@@ -90,6 +90,24 @@ def main() -> None:
                                text=True, timeout=900)
             out["bench"] = {"code": r.returncode, "stderr": r.stderr[-3000:], "s": round(time.monotonic() - t0, 1),
                             "json": json.loads(r.stdout) if r.stdout.strip() else None}
+            # Ctrl-C during a farm bench: what was stored stays, the farm's tasks are cancelled
+            db2 = work / "interrupted.db"
+            p = subprocess.Popen([*bench, "--runs", "5000", "--warmup", "2", "--db", str(db2)], env=head_env,
+                                 text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 300
+            while p.poll() is None and time.monotonic() < deadline and _stored(db2, None) < 1:
+                time.sleep(0.3)
+            p.send_signal(signal.SIGINT)
+            _stdout, stderr = p.communicate(timeout=120)
+            free = None
+            for _ in range(5):  # the cancelled tasks give their devices back (a run takes 5000 invokes)
+                r = edgeconv(head_env, "farm", "devices", "--farm", address, "--json")
+                free = [d["busy"] for d in json.loads(r.stdout)["devices"]] if r.returncode == 0 else r.stderr
+                if free == [False, False]:
+                    break
+                time.sleep(1)
+            out["interrupt"] = {"code": p.returncode, "stderr": stderr[-2000:], "stored": _stored(db2, None),
+                                "busy_after": free}
         else:
             victim = emulators[1].serial
             p = subprocess.Popen([*bench, "--runs", "3000", "--warmup", "2"], env=head_env, text=True,
@@ -120,13 +138,14 @@ def main() -> None:
         print(json.dumps(out))
 
 
-def _stored(db: Path, serial: str) -> int:
+def _stored(db: Path, serial: str | None) -> int:
+    """Runs stored for ``serial`` (any device: None) so far."""
     if not db.exists():
         return 0
     try:
         with sqlite3.connect(db, timeout=1) as conn:
             return conn.execute("SELECT COUNT(*) FROM runs r JOIN devices d ON d.id = r.device_id "
-                                "WHERE d.serial = ?", (serial,)).fetchone()[0]
+                                "WHERE ? IS NULL OR d.serial = ?", (serial, serial)).fetchone()[0]
     except sqlite3.Error:
         return 0
 

@@ -113,3 +113,11 @@ def test_a_node_killed_mid_run_fails_its_device_and_the_rest_completes(tinynet: 
     assert lost[1]["status"] == "failed" and lost[1]["error"].startswith("device lost: its farm node died")
     assert f"{victim}: device lost (its farm node died" in bench["stderr"]
     assert bench["stderr"].strip().splitlines()[-1].startswith("edgeconv: error: 1 of 4 benchmarks failed")
+
+
+def test_ctrl_c_keeps_stored_results_and_frees_the_devices(e2e: dict) -> None:
+    stopped = e2e["interrupt"]
+    assert stopped["code"] == 130, stopped["stderr"]
+    assert 1 <= stopped["stored"] < 4  # what was measured before Ctrl-C stays; nothing after it
+    assert "interrupted" in stopped["stderr"].strip().splitlines()[-1]
+    assert stopped["busy_after"] == [False, False]  # the outstanding farm tasks were cancelled
