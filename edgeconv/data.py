@@ -52,6 +52,14 @@ def load_image(path: str | Path, resolution: int, pp: Preprocess) -> np.ndarray 
         return None
 
 
+def _check_folder(option: str, folder: Path) -> None:
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise DataError(f"{option} {folder}: is a file, not a folder ({option} takes a folder of images)")
+    raise DataError(f"{option} {folder}: no such folder")
+
+
 def find_images(folder: str | Path) -> list[Path]:
     """Image files below ``folder`` (recursive; jpg/jpeg/png, any case), sorted for determinism."""
     folder = Path(folder)
@@ -98,8 +106,7 @@ def calibration_set(spec: str | None, resolution: int, pp: Preprocess, size: int
     else:
         folder = Path(spec)
         source = str(folder)
-        if not folder.is_dir():
-            raise DataError(f"--calib {spec}: no such folder")
+        _check_folder("--calib", folder)
     files = find_images(folder)
     if not files:
         raise DataError(f"--calib {spec}: no .jpg/.jpeg/.png images found")
@@ -152,8 +159,7 @@ def labelled_set(root: str | Path, limit: int | None = None) -> LabelledSet:
     """ImageFolder (one subfolder per class, classes sorted by name, or ordered by a labels.tsv when
     the subfolders are wnids) or flat ``<wnid>_*.JPEG`` files with a ``labels.tsv``."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"--data {root}: no such folder")
+    _check_folder("--data", root)
     labels_tsv = root / "labels.tsv"
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     flat_images = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
