@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from edgeconv.build import build
+from edgeconv.build import build, load_manifest
 from edgeconv.cli import cli
+from edgeconv.data import bundled_calibration_dir, calibration_set
+from edgeconv.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = ["--runs", "3", "--warmup", "1"]
@@ -29,6 +33,113 @@ def one_line(r, code: int, text: str) -> str:
     assert lines and lines[-1].startswith("edgeconv: error: ") and text in lines[-1], r.output
     assert "Traceback" not in r.output, r.output
     return lines[-1]
+
+
+# ---- 9. decompression bombs are skipped like undecodable images, and named ----
+def bomb_png(path: Path, w: int, h: int) -> Path:
+    """A valid 1-bit grayscale PNG of w x h black pixels: a few kB on disk, w * h pixels decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = b"\x00" * (1 + (w + 7) // 8)  # filter byte + packed bits
+    idat = b"".join(z.compress(row) for _ in range(h)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+BOMBS = {"bomb.png": (20000, 20000),  # 400 Mpx: Pillow raises DecompressionBombError
+         "big.png": (10000, 10000)}  # 100 Mpx: Pillow only warns (DecompressionBombWarning)
+
+
+def bomb_folder(folder: Path, good: int) -> Path:
+    folder.mkdir(parents=True)
+    for f in sorted(bundled_calibration_dir().glob("*.jpg"))[:good]:
+        shutil.copy(f, folder / f.name)
+    for name, (w, h) in BOMBS.items():
+        bomb_png(folder / name, w, h)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    return folder
+
+
+def test_the_bombs_are_valid_pngs_that_pillow_refuses(tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    with Image.open(bomb_png(tmp_path / "small.png", 70, 30)) as img:  # the same writer, decodable size
+        assert img.size == (70, 30) and img.mode == "1" and img.getextrema() == (0, 0)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb_png(tmp_path / "bomb.png", *BOMBS["bomb.png"]))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with Image.open(bomb_png(tmp_path / "big.png", *BOMBS["big.png"])) as img:
+            assert img.size == BOMBS["big.png"]
+    assert [w.category for w in seen] == [Image.DecompressionBombWarning]
+    assert (tmp_path / "bomb.png").stat().st_size < 100_000  # tiny on disk
+
+
+def test_calibration_skips_bombs_and_still_uses_the_requested_number(tmp_path):
+    folder = bomb_folder(tmp_path / "calib", good=8)
+    recipe = load_recipe("tinynet-e")
+    cs = calibration_set(str(folder), recipe.resolution, recipe.preprocess, size=8)
+    assert cs.inputs.shape == (8, 3, recipe.resolution, recipe.resolution)  # all 8 good ones
+    why = dict(cs.skipped_files)
+    assert cs.skipped == len(why) > 0 and set(why) <= {str(folder / n) for n in (*BOMBS, "broken.jpg")}
+    for name in BOMBS:
+        if str(folder / name) in why:
+            assert why[str(folder / name)].startswith("decompression bomb? Image size (")
+    cs = calibration_set(str(folder), recipe.resolution, recipe.preprocess, size=20)  # more than there are
+    assert len(cs.inputs) == 8 and {Path(p).name for p, _ in cs.skipped_files} == {*BOMBS, "broken.jpg"}
+
+
+def test_a_build_names_the_skipped_calibration_images(tmp_path):
+    folder = bomb_folder(tmp_path / "calib", good=6)
+    r = run("build", "tinynet-e", "--formats", "tflite", "--precisions", "int8", "--calib", folder,
+            "--calib-size", "100", "--out", tmp_path / "out", "-q")
+    assert r.exit_code == 0, r.output
+    (warning,) = [ln for ln in r.stderr.splitlines() if "calibration: skipped" in ln]
+    assert "skipped 3 image(s) that cannot be used: " in warning and "and 0 more" not in warning
+    for name, (w, h) in BOMBS.items():
+        assert f"{folder / name} (decompression bomb? Image size ({w * h} pixels) exceeds limit" in warning
+    assert f"{folder / 'broken.jpg'} (" in warning and "Traceback" not in r.stderr
+    cal = load_manifest(tmp_path / "out" / "tinynet-e")["calibration"]
+    assert cal["images"] == 6 and cal["skipped_undecodable"] == 3
+
+
+def test_only_bombs_is_one_line(tmp_path):
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i in range(5):
+        bomb_png(folder / f"b{i}.png", 20000, 20000)
+    r = run("build", "tinynet-e", "--formats", "tflite", "--precisions", "int8", "--calib", folder,
+            "--out", tmp_path / "out", "-q")
+    line = one_line(r, 1, f"--calib {folder}: none of the 5 images can be used; skipped 5 image(s)")
+    assert line.endswith("and 2 more") and "decompression bomb?" in line
+
+
+def photo_folders(root: Path, per_class: int = 3) -> Path:
+    """A two-class ImageFolder of edgeconv's bundled photos (labels do not matter here)."""
+    photos = sorted(bundled_calibration_dir().glob("*.jpg"))
+    for i, c in enumerate(("a", "b")):
+        (root / c).mkdir(parents=True)
+        for f in photos[i * per_class:(i + 1) * per_class]:
+            shutil.copy(f, root / c / f.name)
+    return root
+
+
+def test_eval_skips_a_bomb_in_the_data(tmp_path):
+    data = photo_folders(tmp_path / "data")
+    bomb_png(data / "b" / "bomb.png", 20000, 20000)
+    r = run("eval", "tinynet-e", "--data", data, "--out", tmp_path / "out", "--formats", "onnx", "--precisions",
+            "fp32", "--json", "-q", "--db", tmp_path / "r.db")
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["n"] == 6 and m["skipped"] == [str(data / "b" / "bomb.png")]
+    assert all(x["n"] == 6 for x in m["results"])
+    assert (f"--data {data}: skipped 1 image(s) that cannot be used: {data / 'b' / 'bomb.png'} (decompression "
+            "bomb? Image size (400000000 pixels)") in r.stderr and "Traceback" not in r.stderr
 
 
 # ---- 13. read-only commands never create a database ----
