@@ -1,6 +1,7 @@
 """Small shared helpers: atomic writes, hashing, quiet imports."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -28,7 +29,10 @@ def atomic_path(target: str | Path, suffix: str | None = None):
 
 def _temp_beside(target: Path, suffix: str | None) -> Path:
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file where a folder of the path should be
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from None
         return new_temp_file(target.parent, f".{target.name}.", suffix or target.suffix or ".tmp")
     except OSError as e:  # the user named the target, not our temp file
         raise OSError(e.errno, e.strerror, str(target)) from e
