@@ -17,19 +17,9 @@ from edgeconv.cli.bench import bench
 from edgeconv.store import Store
 from tests.adb_emulator import IsolatedAdbServer, free_tcp_port
 from tests.conftest_adb import EmulatedDevice
+from tests.test_android_bench import tinynet  # noqa: F401 - the session's tinynet-e TFLite build
 
 pytest_plugins = ["tests.conftest_adb"]
-
-
-@pytest.fixture(scope="session")
-def tinynet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tinynet-e's TFLite fp32 + int8 build (the same folder test_android_bench.py makes)."""
-    out = tmp_path_factory.getbasetemp() / "tinynet-build"
-    if not (out / "tinynet-e" / "manifest.json").is_file():
-        from edgeconv.build import build
-
-        build("tinynet-e", formats="tflite", precisions="fp32,int8", out=out, calib_size=16)
-    return out / "tinynet-e"
 
 
 @pytest.fixture
