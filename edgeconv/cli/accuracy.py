@@ -131,7 +131,11 @@ def check_cmd(name, weights, out, data, limit, calib, calib_size, formats, preci
     An int8 artifact over the limit first gets a sensitivity pass: the ops that hurt most stay in
     float (TFLite: QuantizationDebugger statistics + denylisted nodes; OpenVINO: NNCF's accuracy
     control) until the limit holds; that mixed artifact then replaces the int8 one in the build
-    (manifest: precision int8 with float_fallback) and its latency cost is reported."""
+    (manifest: precision int8 with float_fallback) and its latency cost is reported.
+
+    
+    Exit codes: 0 passed, 1 a gate failed, 2 a bad command line, 3 a data, artifact or tool error
+    (then the --junit file holds one <error> saying why)."""
     from ..evaluate import check, junit_xml
     from ..util import atomic_write_text, check_writable
 
