@@ -167,17 +167,17 @@ def test_models_family_must_exist():
     assert r.exit_code == 0 and {m["family"] for m in json.loads(r.stdout)} == {"tinynet"}
 
 
-@pytest.mark.parametrize("args, option", [
-    (["eval", "tinynet-e", "--data", "{f}"], "--data"),
-    (["check", "tinynet-e", "--data", "{f}"], "--data"),
+@pytest.mark.parametrize("args, option, code", [
+    (["eval", "tinynet-e", "--data", "{f}"], "--data", 1),
+    (["check", "tinynet-e", "--data", "{f}"], "--data", 3),  # check: a data error is 3 (see test_check_ci)
     (["build", "tinynet-e", "--formats", "tflite", "--precisions", "int8", "--calib", "{f}", "--calib-size", "4"],
-     "--calib"),
+     "--calib", 1),
 ])
-def test_a_file_where_an_image_folder_is_expected(tmp_path, args, option):
+def test_a_file_where_an_image_folder_is_expected(tmp_path, args, option, code):
     f = tmp_path / "images.txt"
     f.write_text("a.jpg\nb.jpg\n")
     args = [a.format(f=f) for a in args] + ["--out", tmp_path / "out"]
-    one_line(run(*args), 1, f"{option} {f}: is a file, not a folder")
+    one_line(run(*args), code, f"{option} {f}: is a file, not a folder")
 
 
 def test_bench_artifacts_given_a_file(tmp_path):
@@ -205,10 +205,11 @@ def test_an_openvino_xml_without_its_bin(openvino_build, tmp_path):
     one_line(r, 1, f"{folder}/openvino/fp32.xml: its weights file fp32.bin is missing")
 
 
-@pytest.mark.parametrize("command", [["bench", *RUNS], ["eval", "--data", "."], ["check", "--data", "."]])
-def test_an_unknown_model_is_named_before_any_build(tmp_path, command):
+@pytest.mark.parametrize("command, code", [(["bench", *RUNS], 1), (["eval", "--data", "."], 1),
+                                           (["check", "--data", "."], 2)])  # check: a usage error
+def test_an_unknown_model_is_named_before_any_build(tmp_path, command, code):
     r = run(command[0], "tinynet-q", *command[1:], "--out", tmp_path, "--db", tmp_path / "r.db")
-    one_line(r, 1, "unknown model 'tinynet-q'")
+    one_line(r, code, "unknown model 'tinynet-q'")
     assert "building" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "tinynet-q").exists() and not list(tmp_path.glob(".*lock"))
 
