@@ -397,7 +397,9 @@ class Builder:
         self.manifest["calibration"] = {"source": cs.source, "images": int(len(cs.inputs)),
                                         "skipped_undecodable": cs.skipped, "requested": self.calib_size}
         if cs.skipped:
-            self.progress("warn", message=f"calibration: skipped {cs.skipped} undecodable image(s)")
+            from .data import skipped_summary
+
+            self.progress("warn", message=f"calibration: {skipped_summary(cs.skipped_files)}")
 
     # ---- TFLite, from the NHWC Keras twin ----
     def on_tflite(self, event: Event) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +41,45 @@ def preprocess_image(img, resolution: int, pp: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def load_image(path: str | Path, resolution: int, pp: Preprocess) -> np.ndarray | None:
-    """Preprocessed image, or None when the file cannot be decoded."""
+def decode_image(path: str | Path, resolution: int, pp: Preprocess) -> tuple[np.ndarray | None, str | None]:
+    """(preprocessed image, None), or (None, why the file was skipped): it cannot be decoded, or it
+    has more pixels than Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``; Pillow
+    only warns between 1x and 2x the limit, edgeconv skips those too rather than decode them)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
+    # idempotent (an identical filter replaces itself); the pytest/user filters stay below it
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     try:
         with Image.open(path) as img:
-            return preprocess_image(img, resolution, pp)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return None
+            return preprocess_image(img, resolution, pp), None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return None, f"decompression bomb? {str(e).split(', could be')[0]}"
+    except UnidentifiedImageError:
+        return None, "not an image Pillow can decode"
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        return None, f"cannot be decoded ({(str(e).strip() or type(e).__name__).splitlines()[0][:120]})"
+
+
+def load_image(path: str | Path, resolution: int, pp: Preprocess) -> np.ndarray | None:
+    """Preprocessed image, or None when the file cannot be used (see :func:`decode_image`)."""
+    return decode_image(path, resolution, pp)[0]
+
+
+def skipped_summary(skipped: list[tuple[str, str]], first: int = 3) -> str:
+    """'N image(s) skipped: a.png (why), b.jpg (why), ... and K more'."""
+    shown = ", ".join(f"{p} ({why})" for p, why in skipped[:first])
+    more = f" and {len(skipped) - first} more" if len(skipped) > first else ""
+    return f"skipped {len(skipped)} image(s) that cannot be used: {shown}{more}"
+
+
+def _check_folder(option: str, folder: Path) -> None:
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise DataError(f"{option} {folder}: is a file, not a folder ({option} takes a folder of images)")
+    raise DataError(f"{option} {folder}: no such folder")
 
 
 def find_images(folder: str | Path) -> list[Path]:
@@ -76,6 +106,7 @@ class CalibrationSet:
     inputs: np.ndarray  # N x 3 x H x W float32
     skipped: int = 0
     warning: str | None = None
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
 
 
 def calibration_set(spec: str | None, resolution: int, pp: Preprocess, size: int = 200,
@@ -98,23 +129,34 @@ def calibration_set(spec: str | None, resolution: int, pp: Preprocess, size: int
     else:
         folder = Path(spec)
         source = str(folder)
-        if not folder.is_dir():
-            raise DataError(f"--calib {spec}: no such folder")
+        _check_folder("--calib", folder)
     files = find_images(folder)
     if not files:
         raise DataError(f"--calib {spec}: no .jpg/.jpeg/.png images found")
+    chosen, spare = files, []
     if len(files) > size:
-        files = sorted(random.Random(seed).sample(files, size))
-    arrays, skipped = [], 0
-    for f in files:
-        a = load_image(f, resolution, pp)
+        chosen = sorted(random.Random(seed).sample(files, size))
+        picked = set(chosen)
+        spare = [f for f in files if f not in picked]
+        random.Random(seed + 1).shuffle(spare)  # replacements for skipped files, also deterministic
+    arrays, skipped = [], []
+    for f in chosen:
+        a, why = decode_image(f, resolution, pp)
         if a is None:
-            skipped += 1
+            skipped.append((str(f), why))
+        else:
+            arrays.append(a)
+    while len(arrays) < size and spare:  # still `size` images while usable ones remain
+        f = spare.pop()
+        a, why = decode_image(f, resolution, pp)
+        if a is None:
+            skipped.append((str(f), why))
         else:
             arrays.append(a)
     if not arrays:
-        raise DataError(f"--calib {spec}: none of the {len(files)} images could be decoded")
-    return CalibrationSet(source, np.stack(arrays), skipped, warning)
+        raise DataError(f"--calib {spec}: none of the {len(skipped)} images can be used; "
+                        + skipped_summary(skipped))
+    return CalibrationSet(source, np.stack(arrays), len(skipped), warning, skipped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,8 +194,7 @@ def labelled_set(root: str | Path, limit: int | None = None) -> LabelledSet:
     """ImageFolder (one subfolder per class, classes sorted by name, or ordered by a labels.tsv when
     the subfolders are wnids) or flat ``<wnid>_*.JPEG`` files with a ``labels.tsv``."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"--data {root}: no such folder")
+    _check_folder("--data", root)
     labels_tsv = root / "labels.tsv"
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     flat_images = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)

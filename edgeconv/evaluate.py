@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import DataError, LabelledSet, labelled_set, load_image
+from .data import DataError, LabelledSet, decode_image, labelled_set, skipped_summary
 from .errors import UserError
 from .recipe import Preprocess
 
@@ -42,6 +42,13 @@ class CheckFailed(UserError):
     """At least one artifact's top-1 dropped more than the allowed limit (exit code 1)."""
 
 
+class CheckError(UserError):
+    """``check`` could not reach a verdict: bad data, a missing or corrupt artifact or checkpoint
+    (exit code 3, like a tool failure; a gate that fails is 1, a bad command line 2)."""
+
+    exit_code = 3
+
+
 # ----------------------------------------------------------------------------------------------
 # Labelled inputs
 # ----------------------------------------------------------------------------------------------
@@ -53,6 +60,7 @@ class EvalData:
     def __init__(self, ds: LabelledSet, resolution: int, pp: Preprocess, threads: int = 2):
         self.ds, self.resolution, self.pp, self.threads = ds, resolution, pp, max(1, threads)
         self.skipped: list[str] = []
+        self.skip_reasons: dict[str, str] = {}  # path -> why it was skipped
         self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._cacheable = len(ds.files) * 3 * resolution * resolution * 4 <= CACHE_BYTES
         self._ok: np.ndarray | None = None  # per file: decodable
@@ -78,8 +86,12 @@ class EvalData:
         with ThreadPoolExecutor(self.threads) as pool:  # PIL releases the GIL while decoding
             for start in range(0, len(files), CHUNK):
                 part = files[start:start + CHUNK]
-                arrays = list(pool.map(lambda f: load_image(f, self.resolution, self.pp), part))
+                decoded = list(pool.map(lambda f: decode_image(f, self.resolution, self.pp), part))
+                arrays = [a for a, _ in decoded]
                 keep = [a is not None for a in arrays]
+                if self._ok is None:
+                    self.skip_reasons.update({str(f): why for f, (a, why) in zip(part, decoded, strict=True)
+                                              if a is None})
                 ok[start:start + len(part)] = keep
                 if any(keep):
                     yield (np.stack([a for a in arrays if a is not None]),
@@ -88,7 +100,11 @@ class EvalData:
             self._ok = ok
             self.skipped = [str(f) for f, good in zip(files, ok, strict=True) if not good]
             if not ok.any():
-                raise DataError(f"--data {self.ds.root}: none of the {len(files)} images could be decoded")
+                raise DataError(f"--data {self.ds.root}: none of the {len(files)} images can be used; "
+                                + self.skipped_summary())
+
+    def skipped_summary(self) -> str:
+        return skipped_summary([(p, self.skip_reasons.get(p, "?")) for p in self.skipped])
 
     def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if self._cache is not None:
@@ -263,17 +279,24 @@ def dataset_label(root: str | Path) -> str:
     return rel if not rel.startswith("..") else str(p)
 
 
-def record(ev: Evaluation, results: list[Result] | None = None, db: str | Path | None = None) -> None:
-    """Write ``results`` (default: all) of ``ev`` to the results store."""
+def record_result(r: Result, model: str, dataset: str, data_root: str, limit: int | None, skipped: int,
+                  weights: dict, db: str | Path | None = None) -> None:
+    """Write one accuracy row to the results store (each row as soon as it is measured: Ctrl-C
+    after an artifact keeps it)."""
     from .store import record_accuracy
 
+    extra = {"runtime": r.runtime, "path": r.path, "limit": limit, "data": data_root,
+             "skipped": skipped, "weights": weights.get("spec"), "seconds": r.seconds}
+    if r.float_fallback:
+        extra["float_fallback"] = r.float_fallback
+    record_accuracy(model, r.format, r.precision, dataset, r.n, r.top1, r.top5, r.agreement,
+                    db=db, artifact_sha256=r.sha256, extra=extra)
+
+
+def record(ev: Evaluation, results: list[Result] | None = None, db: str | Path | None = None) -> None:
+    """Write ``results`` (default: all) of ``ev`` to the results store."""
     for r in results if results is not None else ev.results:
-        extra = {"runtime": r.runtime, "path": r.path, "limit": ev.limit, "data": ev.data_root,
-                 "skipped": len(ev.skipped), "weights": ev.weights.get("spec"), "seconds": r.seconds}
-        if r.float_fallback:
-            extra["float_fallback"] = r.float_fallback
-        record_accuracy(ev.model, r.format, r.precision, ev.dataset, r.n, r.top1, r.top5, r.agreement,
-                        db=db, artifact_sha256=r.sha256, extra=extra)
+        record_result(r, ev.model, ev.dataset, ev.data_root, ev.limit, len(ev.skipped), ev.weights, db)
 
 
 def evaluate(name: str, data: str | Path, *, weights: str | None = None, out: str | Path = "build",
@@ -307,24 +330,27 @@ def evaluate(name: str, data: str | Path, *, weights: str | None = None, out: st
     ref_logits, spent = torch_logits(model, evdata, threads)
     labels = evdata.labels
     if evdata.skipped:
-        progress("warn", message=f"--data {data}: skipped {len(evdata.skipped)} undecodable image(s), "
-                                 f"e.g. {evdata.skipped[0]}")
-    results = [score("pytorch", "fp32", "torch", ref_logits, labels, None, spent)]
+        progress("warn", message=f"--data {data}: {evdata.skipped_summary()}")
+    def save(r: Result) -> Result:
+        if store:
+            record_result(r, manifest["model"], dataset_label(data), str(data), limit, len(evdata.skipped),
+                          manifest["weights"], db)
+        return r
+
+    results = [save(score("pytorch", "fp32", "torch", ref_logits, labels, None, spent))]
     progress("done", step="pytorch/fp32 accuracy", seconds=spent)
     want_f, want_p = parse_choices(formats, FORMATS, "--formats"), parse_choices(precisions, PRECISIONS, "--precisions")
     for a in [a for a in manifest["artifacts"] if a["format"] in want_f and a["precision"] in want_p]:
         label = f"{a['format']}/{a['precision']}"
         progress("start", step=f"{label} accuracy")
         logits, spent = artifact_logits(folder / a["path"], runtime_of(a["format"]), evdata, threads)
-        results.append(score(a["format"], a["precision"], runtime_of(a["format"]), logits, labels,
-                             ref_logits, spent, str(folder / a["path"]), a["sha256"],
-                             a.get("float_fallback")))
+        results.append(save(score(a["format"], a["precision"], runtime_of(a["format"]), logits, labels,
+                                  ref_logits, spent, str(folder / a["path"]), a["sha256"],
+                                  a.get("float_fallback"))))
         progress("done", step=f"{label} accuracy", seconds=spent)
     ev = Evaluation(manifest["model"], dataset_label(data), str(data), evdata.ds.layout, evdata.n,
                     evdata.skipped, limit, manifest["weights"], results, str(folder), evdata, model, recipe,
                     ref_logits)
-    if store:
-        record(ev, db=db)
     return ev
 
 
@@ -406,6 +432,20 @@ def junit_xml(ev: Evaluation, g: Gate, seconds: dict[str, float] | None = None) 
             failure = ET.SubElement(case, "failure", message=row.message, type="AccuracyDrop")
             failure.text = detail
         ET.SubElement(case, "system-out").text = detail
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def junit_error_xml(model: str, message: str, kind: str) -> str:
+    """JUnit XML for a check that could not reach a verdict: one <testcase> with an <error> saying
+    why (CI shows it instead of a missing report)."""
+    import xml.etree.ElementTree as ET
+
+    suites = ET.Element("testsuites", name="edgeconv check")
+    suite = ET.SubElement(suites, "testsuite", name=f"edgeconv check {model}", tests="1", failures="0",
+                          errors="1", skipped="0", time="0.000")
+    case = ET.SubElement(suite, "testcase", classname=f"edgeconv.check.{model}", name="check", time="0.000")
+    ET.SubElement(case, "error", message=message, type=kind).text = message
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
@@ -498,7 +538,8 @@ def check(name: str, data: str | Path, *, weights: str | None = None, out: str |
     if max_drop < 0:
         raise UserError(f"--max-drop {max_drop:g}: must be >= 0 (percentage points of top-1)")
     ev = evaluate(name, data, weights=weights, out=out, limit=limit, calib=calib, calib_size=calib_size,
-                  formats=formats, precisions=precisions, threads=threads, store=False, progress=progress)
+                  formats=formats, precisions=precisions, threads=threads, db=db, store=store,
+                  progress=progress)
     g = gate(ev, max_drop)
     fallbacks = []
     for row in g.failures if fallback else []:
@@ -528,9 +569,10 @@ def check(name: str, data: str | Path, *, weights: str | None = None, out: str |
         entry = replace_artifact(ev.folder, fmt, "int8", fb.path, ev.torch_model,
                                  {"float_fallback": fb.float_ops, "fallback": details})
         logits, spent = artifact_logits(Path(ev.folder) / entry["path"], runtime_of(fmt), ev.data, threads)
-        ev.replace(score(fmt, "int8", runtime_of(fmt), logits, ev.data.labels, ev.reference_logits, spent,
-                         str(Path(ev.folder) / entry["path"]), entry["sha256"], fb.float_ops))
+        mixed = score(fmt, "int8", runtime_of(fmt), logits, ev.data.labels, ev.reference_logits, spent,
+                      str(Path(ev.folder) / entry["path"]), entry["sha256"], fb.float_ops)
+        ev.replace(mixed)
+        if store:  # the artifact that now ships; the all-int8 row stays as what was measured before
+            record(ev, [mixed], db=db)
     g = gate(ev, max_drop)
-    if store:
-        record(ev, db=db)
     return CheckResult(ev, g, fallbacks)

@@ -163,13 +163,19 @@ class Store:
     """A connection to one results database. Use as a context manager; safe to open from several
     processes at once."""
 
-    def __init__(self, path: str | Path | None = None, timeout_s: float = BUSY_TIMEOUT_S):
+    def __init__(self, path: str | Path | None = None, timeout_s: float = BUSY_TIMEOUT_S,
+                 must_exist: bool = False):
+        """``must_exist``: for commands that only read (``results``, ``report``): a missing file is
+        an error instead of a new, empty database."""
         self.path = Path(path).expanduser() if path else default_db_path()
         parent = self.path.parent
         if parent.exists() and not parent.is_dir():
             raise UserError(f"results database {self.path}: {parent} is not a folder")
         if self.path.is_dir():
             raise UserError(f"results database {self.path}: is a folder, not a file")
+        if must_exist and not self.path.exists():
+            raise UserError(f"results database {self.path}: no such file (nothing was stored there yet; "
+                            "check --db or $EDGECONV_DB)")
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -1,6 +1,7 @@
 """Small shared helpers: atomic writes, hashing, quiet imports."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -16,11 +17,7 @@ def atomic_path(target: str | Path, suffix: str | None = None):
     """Yield a temp path beside ``target``; on success it replaces ``target`` in one rename, on any
     error (Ctrl-C included) it is removed, so ``target`` is never half-written."""
     target = Path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = new_temp_file(target.parent, f".{target.name}.", suffix or target.suffix or ".tmp")
-    except OSError as e:  # the user named the target, not our temp file
-        raise OSError(e.errno, e.strerror, str(target)) from e
+    tmp_path = _temp_beside(target, suffix)
     try:
         with naming(target):
             yield tmp_path
@@ -28,6 +25,17 @@ def atomic_path(target: str | Path, suffix: str | None = None):
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _temp_beside(target: Path, suffix: str | None) -> Path:
+    try:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file where a folder of the path should be
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from None
+        return new_temp_file(target.parent, f".{target.name}.", suffix or target.suffix or ".tmp")
+    except OSError as e:  # the user named the target, not our temp file
+        raise OSError(e.errno, e.strerror, str(target)) from e
 
 
 @contextmanager
@@ -54,6 +62,13 @@ def new_temp_file(folder: str | Path, prefix: str, suffix: str) -> Path:
             continue
         return path
     raise FileExistsError(f"{folder}: no free temporary file name")
+
+
+def check_writable(target: str | Path) -> None:
+    """Raise the OSError that writing ``target`` with :func:`atomic_path` would raise (a folder that
+    cannot be made, read-only, no permission, a name too long), leaving nothing behind but the
+    folder. For outputs written only after a long computation (``check --junit``)."""
+    _temp_beside(Path(target), None).unlink()
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:

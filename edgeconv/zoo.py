@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import UserError
 from .recipe import Recipe, load_recipe, recipe_names, resolve, sorted_names
 
 ENV_CACHE = "EDGECONV_CACHE"
@@ -90,8 +91,11 @@ def measure(recipe: Recipe) -> tuple[int, int]:
 def zoo_table(family: str | None = None) -> list[dict[str, Any]]:
     rows = []
     counts = CountsCache()
-    for name in sorted_names(recipe_names()):
-        r = load_recipe(name)
+    recipes = [load_recipe(name) for name in sorted_names(recipe_names())]
+    families = sorted({r.family for r in recipes})
+    if family is not None and family not in families:
+        raise UserError(f"--family {family!r}: no such family; the families are {', '.join(families)}")
+    for r in recipes:
         if family and r.family != family:
             continue
         params, macs = counts.measure(r)

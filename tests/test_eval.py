@@ -98,7 +98,7 @@ def test_undecodable_image_is_skipped_with_a_warning(digits, digits_out, tmp_pat
     assert r.exit_code == 0, r.stderr
     m = stdout_json(r)
     assert m["n"] == 12 and m["skipped"] == [str(data / "1" / "broken.png")]
-    assert "skipped 1 undecodable image(s)" in r.stderr
+    assert f"skipped 1 image(s) that cannot be used: {data / '1' / 'broken.png'} (" in r.stderr
     assert {x["label"] for x in m["results"]} == {"pytorch/fp32", "onnx/fp32"}
     assert all(x["n"] == 12 for x in m["results"])
 
@@ -168,7 +168,7 @@ def test_no_image_decodes(digits, tmp_path):
     for i in range(3):
         (data / "0" / f"{i}.jpg").write_bytes(b"\xff\xd8\xff garbage")
     one_error_line(invoke(eval_cmd, eval_args(digits, tmp_path / "out", data)),
-                   "none of the 3 images could be decoded")
+                   "none of the 3 images can be used; skipped 3 image(s)")
     assert not (tmp_path / "out").exists()
 
 

@@ -181,6 +181,7 @@ def test_report_cli(db: Path, tmp_path: Path) -> None:
     r = run.invoke(report, ["--db", str(db), "--plot", str(tmp_path / "p.jpg")])
     assert (r.exit_code, r.stderr) == (1, f"edgeconv: error: --plot {tmp_path}/p.jpg: use a .png or .svg "
                                           "file name\n")
+    Store(tmp_path / "empty.db").close()  # an existing database without runs
     r = run.invoke(report, ["--db", str(tmp_path / "empty.db")])
     assert (r.exit_code, r.stderr) == (0, f"no successful 1-thread benchmark results in "
                                           f"{tmp_path}/empty.db\n")

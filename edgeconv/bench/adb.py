@@ -232,19 +232,38 @@ class Adb:
         }.get(state, "offline")
         raise self._error(kind, serial, "check device")
 
-    def connect(self, host_port: str, timeout: float = CONNECT_TIMEOUT_S) -> str:
-        """``adb connect HOST:PORT``; returns the serial. adb exits 0 on failure: read its words."""
-        result = self.run(["connect", host_port], timeout=timeout)
+    def connect(self, host_port: str, timeout: float = CONNECT_TIMEOUT_S, forget_on_failure: bool = True) -> str:
+        """``adb connect HOST:PORT``; returns the serial. adb exits 0 on failure: read its words.
+
+        A host that accepts the TCP connection but not the ADB handshake stays in ``adb devices``
+        as ``offline`` after adb gives up (and adb keeps trying it); with ``forget_on_failure`` it is
+        disconnected again, so a failed connect leaves nothing behind. (Not while waiting for a
+        device that went away mid-run: adb re-attaches those by itself.)"""
+        try:
+            result = self.run(["connect", host_port], timeout=timeout)
+        except AdbError as e:
+            if forget_on_failure and e.kind == "timeout":
+                self._forget(host_port)
+            raise
         text = (result.stdout + result.stderr).decode(errors="replace")
         if re.search(r"^(?:already )?connected to ", text, re.M):
             return host_port
-        if "failed to authenticate" in text:
+        if "failed to authenticate" in text:  # kept: the device shows the prompt to accept
             raise AdbError(
                 f"{host_port} did not authorize this computer: accept 'Allow USB debugging' on the device",
                 "unauthorized",
             )
+        if forget_on_failure:
+            self._forget(host_port)
         detail = text.strip().splitlines()[-1] if text.strip() else f"adb exited with {result.returncode}"
         raise AdbError(f"cannot connect to {host_port}: {detail}", "connect_failed")
+
+    def _forget(self, host_port: str) -> None:
+        """``adb disconnect`` after a failed connect; a failure here must not hide the first one."""
+        try:
+            self.disconnect(host_port)
+        except AdbError:
+            pass
 
     def disconnect(self, host_port: str) -> None:
         """``adb disconnect HOST:PORT`` (no error when it was not connected)."""

@@ -509,7 +509,7 @@ class DeviceSession:
                 return
             if tcp:
                 try:
-                    self.adb.connect(self.serial, timeout=10.0)
+                    self.adb.connect(self.serial, timeout=10.0, forget_on_failure=False)
                 except AdbError:
                     pass
         raise AdbError(f"{self.serial} did not come back within {self.opts.reconnect_timeout_s:g} s",

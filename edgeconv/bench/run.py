@@ -51,6 +51,10 @@ def read_manifest(folder: str | Path) -> tuple[dict, str]:
     build (recipe, weights, tool versions) it measured."""
     from ..build import MANIFEST, load_manifest  # light: no torch/TensorFlow at import
 
+    if Path(folder).is_file():
+        hint = (f"give its folder, {Path(folder).parent}" if Path(folder).name == MANIFEST
+                else f"--artifacts takes a build folder, the one holding {MANIFEST} (e.g. build/tinynet-e)")
+        raise ArtifactError(f"{folder}: is a file, not a build folder; {hint}")
     if not Path(folder).is_dir():
         raise ArtifactError(f"{folder}: no such artifacts folder")
     manifest = load_manifest(folder)

@@ -3,6 +3,8 @@ quantization gate for CI. The library half is :mod:`edgeconv.evaluate` (and :mod
 for the float fallback)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from .common import (
@@ -23,6 +25,8 @@ from .common import (
     quiet_option,
     weights_option,
 )
+
+SAVED = "the accuracy rows measured so far are saved"
 
 
 def _common_options(f):
@@ -89,7 +93,7 @@ def _table(ev, gate=None):
     return t
 
 
-@click.command("eval", cls=Command)
+@click.command("eval", cls=Command, interrupted=SAVED)
 @click.argument("name")
 @_common_options
 def eval_cmd(name, weights, out, data, limit, calib, calib_size, formats, precisions, threads, db, as_json, quiet):
@@ -107,7 +111,7 @@ def eval_cmd(name, weights, out, data, limit, calib, calib_size, formats, precis
     console().print(_table(ev))
 
 
-@click.command("check", cls=Command)
+@click.command("check", cls=Command, interrupted=SAVED)
 @click.argument("name")
 @_common_options
 @click.option("--max-drop", type=click.FloatRange(0), metavar="PT",
@@ -127,14 +131,26 @@ def check_cmd(name, weights, out, data, limit, calib, calib_size, formats, preci
     An int8 artifact over the limit first gets a sensitivity pass: the ops that hurt most stay in
     float (TFLite: QuantizationDebugger statistics + denylisted nodes; OpenVINO: NNCF's accuracy
     control) until the limit holds; that mixed artifact then replaces the int8 one in the build
-    (manifest: precision int8 with float_fallback) and its latency cost is reported."""
-    from ..evaluate import check, junit_xml
-    from ..util import atomic_write_text
+    (manifest: precision int8 with float_fallback) and its latency cost is reported.
 
-    with library_output_to_stderr():
-        res = check(name, data, weights=weights, out=out, limit=limit, calib=calib, calib_size=calib_size,
-                    formats=formats, precisions=precisions, max_drop=max_drop, fallback=not no_fallback,
-                    threads=threads, latency_runs=latency_runs, db=db, progress=_progress(quiet))
+    
+    Exit codes: 0 passed, 1 a gate failed, 2 a bad command line, 3 a data, artifact or tool error
+    (then the --junit file holds one <error> saying why)."""
+    from ..evaluate import check, junit_xml
+    from ..util import atomic_write_text, check_writable
+
+    if junit:
+        check_writable(junit)  # before minutes of evaluation, not after
+    try:
+        _check_command_line(name, formats, precisions)
+        with library_output_to_stderr():
+            res = check(name, data, weights=weights, out=out, limit=limit, calib=calib, calib_size=calib_size,
+                        formats=formats, precisions=precisions, max_drop=max_drop, fallback=not no_fallback,
+                        threads=threads, latency_runs=latency_runs, db=db, progress=_progress(quiet))
+    except BaseException as e:
+        if junit:
+            _junit_error(junit, name, e)
+        raise _check_error(e) from None
     if junit:
         atomic_write_text(junit, junit_xml(res.evaluation, res.gate))
     if as_json:
@@ -147,6 +163,51 @@ def check_cmd(name, weights, out, data, limit, calib, calib_size, formats, preci
         if res.gate.passed:
             c.print(res.gate.summary(), markup=False)
     res.gate.raise_for_failures()
+
+
+def _check_command_line(name: str, formats: str, precisions: str) -> None:
+    """What check's exit code 2 covers beyond Click's own checks: an unknown model, unknown formats."""
+    from ..errors import UsageError, UserError
+    from ..formats import FORMATS, PRECISIONS, parse_choices
+    from ..recipe import recipe_names, unknown_model_message
+
+    if not Path(name).exists() and name not in recipe_names():
+        raise UsageError(unknown_model_message(name))
+    try:
+        parse_choices(formats, FORMATS, "--formats")
+        parse_choices(precisions, PRECISIONS, "--precisions")
+    except UsageError:
+        raise
+    except UserError as e:
+        raise UsageError(str(e)) from None
+
+
+def _check_error(e: BaseException) -> BaseException:
+    """check's exit codes: 2 for a bad command line, 3 for every other error that stops it before a
+    verdict (data, artifacts, checkpoints; tool failures and unwritable files are 3 already)."""
+    from ..errors import UsageError, UserError
+    from ..evaluate import CheckError
+
+    if isinstance(e, UserError) and not isinstance(e, UsageError) and e.exit_code != 3:
+        return CheckError(str(e))
+    return e
+
+
+def _junit_error(junit: str, name: str, e: BaseException) -> None:
+    """The JUnit file says why there is no verdict (CI shows an error, not a missing report)."""
+    from ..evaluate import junit_error_xml
+    from ..util import atomic_write_text
+
+    if isinstance(e, KeyboardInterrupt):
+        kind, message = type(e).__name__, "interrupted before a verdict"
+    else:
+        kind = type(e).__name__
+        message = (f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror
+                   else str(e).strip().splitlines()[0] if str(e).strip() else kind)
+    try:
+        atomic_write_text(junit, junit_error_xml(Path(name).stem if Path(name).suffix else name, message, kind))
+    except OSError:
+        pass  # the error being reported matters more than the report
 
 
 def _ops(names: list[str], width: int = 48) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import numbers
 import os
 import sys
 from collections.abc import Callable
@@ -150,8 +152,22 @@ def calib_options(f):
 
 
 # ---- output ----
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN/inf (which JSON cannot hold) as null, numpy numbers as Python ones."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, bool) or not isinstance(obj, numbers.Real):
+        return obj
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    return float(obj) if math.isfinite(obj) else None
+
+
 def echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
+    """Strict JSON on stdout: a non-finite float is null, never NaN (which is not JSON)."""
+    click.echo(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False))
 
 
 def console(stderr: bool = False):

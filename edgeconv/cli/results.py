@@ -40,7 +40,7 @@ def results(models: str | None, device: str | None, limit: int, fmt: str, db: st
     from ..report import RESULTS_COLUMNS, results_rows
     from ..store import RUN_FIELDS, Store
 
-    with Store(db) as store:
+    with Store(db, must_exist=True) as store:
         rows = results_rows(store, split(models), device, limit or None)
         path = store.path
     if not rows and fmt == "table":
@@ -65,7 +65,7 @@ def report(models: str | None, device: str | None, threads: int, fmt: str, plot:
     from ..report import REPORT_COLUMNS, REPORT_FIELDS, plot_pareto, report_rows
     from ..store import Store
 
-    with Store(db) as store:
+    with Store(db, must_exist=True) as store:
         rows = report_rows(store, split(models), device, threads)
         path = store.path
     if plot:

@@ -28,6 +28,10 @@ class OpenVINORunner(Runner):
 
         self.version = f"openvino {ov.__version__.split('-')[0]}"
         core = ov.Core()
+        weights = Path(path).with_suffix(".bin")
+        if Path(path).suffix == ".xml" and Path(path).is_file() and not weights.exists():
+            raise ArtifactError(f"{path}: its weights file {weights.name} is missing (an OpenVINO IR is the "
+                                ".xml and the .bin beside it; copy both or rebuild)")
         try:
             model = core.read_model(str(path))
             self.compiled = core.compile_model(model, "CPU", compile_config(threads, precision))
