@@ -263,7 +263,8 @@ def dataset_label(root: str | Path) -> str:
     return rel if not rel.startswith("..") else str(p)
 
 
-def record(ev: Evaluation, results: list[Result] | None = None, db: str | Path | None = None) -> None:
+def record(ev: Evaluation, results: list[Result] | None = None, db: str | Path | None = None,
+           tag: str | None = None) -> None:
     """Write ``results`` (default: all) of ``ev`` to the results store."""
     from .store import record_accuracy
 
@@ -273,13 +274,13 @@ def record(ev: Evaluation, results: list[Result] | None = None, db: str | Path |
         if r.float_fallback:
             extra["float_fallback"] = r.float_fallback
         record_accuracy(ev.model, r.format, r.precision, ev.dataset, r.n, r.top1, r.top5, r.agreement,
-                        db=db, artifact_sha256=r.sha256, extra=extra)
+                        db=db, artifact_sha256=r.sha256, extra=extra, tag=tag)
 
 
 def evaluate(name: str, data: str | Path, *, weights: str | None = None, out: str | Path = "build",
              limit: int | None = None, calib: str | None = None, calib_size: int = 200,
              formats=None, precisions=None, threads: int = 2, db: str | Path | None = None,
-             store: bool = True, progress: Progress | None = None) -> Evaluation:
+             store: bool = True, progress: Progress | None = None, tag: str | None = None) -> Evaluation:
     """Build NAME's artifacts if missing (cached otherwise), then measure each on ``data``."""
     from .build import build
     from .formats import FORMATS, PRECISIONS, parse_choices, runtime_of
@@ -324,7 +325,7 @@ def evaluate(name: str, data: str | Path, *, weights: str | None = None, out: st
                     evdata.skipped, limit, manifest["weights"], results, str(folder), evdata, model, recipe,
                     ref_logits)
     if store:
-        record(ev, db=db)
+        record(ev, db=db, tag=tag)
     return ev
 
 
@@ -482,7 +483,8 @@ def check(name: str, data: str | Path, *, weights: str | None = None, out: str |
           limit: int | None = None, calib: str | None = None, calib_size: int = 200, formats=None,
           precisions=None, max_drop: float | None = None, fallback: bool = True, threads: int = 2,
           latency_runs: int = 200,
-          db: str | Path | None = None, store: bool = True, progress: Progress | None = None) -> CheckResult:
+          db: str | Path | None = None, store: bool = True, progress: Progress | None = None,
+          tag: str | None = None) -> CheckResult:
     """Evaluate NAME's artifacts on ``data`` and gate each one's top-1 drop vs PyTorch fp32 at
     ``max_drop`` points (default: the recipe's ``quantization.max_drop``). With ``fallback``, an
     int8 artifact over the limit gets a sensitivity pass (:func:`float_fallback`); if that brings it
@@ -532,5 +534,5 @@ def check(name: str, data: str | Path, *, weights: str | None = None, out: str |
                          str(Path(ev.folder) / entry["path"]), entry["sha256"], fb.float_ops))
     g = gate(ev, max_drop)
     if store:
-        record(ev, db=db)
+        record(ev, db=db, tag=tag)
     return CheckResult(ev, g, fallbacks)

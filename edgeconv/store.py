@@ -194,6 +194,13 @@ def _json(v: Any) -> str | None:
     return None if v is None else json.dumps(v, sort_keys=True)
 
 
+def _run_row(r: sqlite3.Row) -> dict:
+    row = dict(r)
+    if isinstance(row.get("verdict_reasons"), str):
+        row["verdict_reasons"] = json.loads(row["verdict_reasons"])
+    return row
+
+
 class Store:
     """A connection to one results database. Use as a context manager; safe to open from several
     processes at once."""
@@ -407,7 +414,7 @@ class Store:
         sql = f"SELECT {self._RUN_COLUMNS} {self._RUN_JOINS} WHERE {where} ORDER BY r.id DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [dict(r) for r in self.conn.execute(sql, args)]
+        return [_run_row(r) for r in self.conn.execute(sql, args)]
 
     def latest_ok_runs(self, models: Sequence[str] | None = None, device: str | None = None,
                        threads: int | None = 1, tag: str | None = None) -> list[dict]:
@@ -417,7 +424,7 @@ class Store:
                f"a.format, a.precision, r.runtime, r.device_id, r.threads ORDER BY r.id DESC) AS rank_ "
                f"{self._RUN_JOINS} WHERE {where}) WHERE rank_ = 1 "
                "ORDER BY model, format, precision, device")
-        return [{k: v for k, v in dict(r).items() if k != "rank_"} for r in self.conn.execute(sql, args)]
+        return [{k: v for k, v in _run_row(r).items() if k != "rank_"} for r in self.conn.execute(sql, args)]
 
     def latest_accuracy(self, models: Sequence[str] | None = None, tag: str | None = None
                         ) -> dict[tuple[str, str, str], dict]:

@@ -76,3 +76,8 @@ def report(models: str | None, device: str | None, threads: int, fmt: str, plot:
         return
     plural = "s" if threads > 1 else ""
     _emit(rows, REPORT_COLUMNS, REPORT_FIELDS, fmt, f"edgeconv report ({threads} thread{plural})")
+    if fmt in ("table", "markdown"):
+        for r in rows:
+            if r.get("verdict") not in (None, "stable"):
+                click.echo(f"(!) {r['model']} {r['format']}/{r['precision']} on {r['device']}: {r['verdict']}: "
+                           f"{'; '.join(r.get('verdict_reasons') or [])} (run {r['run_id']})", err=True)
