@@ -58,9 +58,9 @@ def schedstat() -> tuple[int, int] | None:
     return run, wait
 
 
-def task_snapshot() -> dict[int, tuple[str, int, int]]:
-    """Every visible task (thread): {tid: (comm, processor it last ran on, utime + stime ticks)}."""
-    out: dict[int, tuple[str, int, int]] = {}
+def task_snapshot() -> dict[int, tuple[int, str, int, int]]:
+    """Every visible thread: {tid: (pid, comm, processor it last ran on, utime + stime ticks)}."""
+    out: dict[int, tuple[int, str, int, int]] = {}
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
@@ -77,17 +77,10 @@ def task_snapshot() -> dict[int, tuple[str, int, int]]:
             comm = text[text.index("(") + 1:text.rindex(")")]
             fields = text[text.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
             try:
-                out[int(tid)] = (comm, int(fields[36]), int(fields[11]) + int(fields[12]))
+                out[int(tid)] = (int(pid), comm, int(fields[36]), int(fields[11]) + int(fields[12]))
             except (IndexError, ValueError):
                 continue
     return out
-
-
-def _own_tids() -> set[int]:
-    try:
-        return {int(t) for t in os.listdir("/proc/self/task")}
-    except OSError:
-        return {os.getpid()}
 
 
 class LoopContext:
@@ -128,7 +121,7 @@ class LoopContext:
         except (ValueError, OSError, AttributeError):
             tck = 100
         if self._tasks and tasks:
-            r["busy"] = busy_tasks(self._tasks, tasks, self.cores, wall, tck, exclude=_own_tids())
+            r["busy"] = busy_tasks(self._tasks, tasks, self.cores, wall, tck, exclude=[os.getpid()])
         r["loadavg_after"] = loadavg()
         freq, gov = cpufreq(self.cores)
         if freq:

@@ -44,7 +44,8 @@ SUMMARY_CV_PCT = 10.0  # std / mean for aggregate-only runs (pyperf warns from 1
 WAIT_PCT = 5.0  # worker runnable but waiting for its core, % of the timed loop's wall time
 BUSY_SHARE_PCT = 10.0  # another task's CPU time on the pinned core, % of the timed loop
 BUSY_MIN_TICKS = 2  # /proc clock ticks (10 ms): below this a share is not measurable
-LOAD_PER_CPU = 1.5  # 1-minute load average per online CPU (and at least one task more than CPUs)
+LOAD_PER_CPU = 1.5  # 1-minute load average per online CPU (and at least one task more than CPUs);
+# only where the worker's wait for its core is not measured (devices): it is machine-wide
 FREQ_DROP_PCT = 10.0
 TEMP_RISE_C = 3.0  # with a slow-down drift: throttled
 TEMP_JUMP_C = 10.0  # on its own: noisy (the device heats up fast)
@@ -146,35 +147,35 @@ def _context_reasons(ctx: Mapping[str, Any]) -> list[str]:
     for b in ctx.get("busy") or []:
         reasons.append(f"pid {b['pid']} ({b['comm']}) used {b['share_pct']:.0f} % of core {b['core']} "
                        "during the timed loop")
+    # the load average is machine-wide: it decides only where the worker's own wait is unknown (devices)
     cpus = ctx.get("cpus")
     loads = [la[0] for la in (ctx.get("loadavg_before"), ctx.get("loadavg_after")) if la]
-    if cpus and loads and max(loads) >= max(LOAD_PER_CPU * cpus, cpus + 1):
+    if wait is None and cpus and loads and max(loads) >= max(LOAD_PER_CPU * cpus, cpus + 1):
         reasons.append(f"load average {max(loads):.1f} on {cpus} CPU{'s' if cpus > 1 else ''}")
     return reasons
 
 
-def busy_tasks(before: Mapping[int, tuple[str, int, int]], after: Mapping[int, tuple[str, int, int]],
+def busy_tasks(before: Mapping[int, tuple[int, str, int, int]], after: Mapping[int, tuple[int, str, int, int]],
                cores: Sequence[int], wall_ns: int, clk_tck: int = 100, exclude: Sequence[int] = ()
                ) -> list[dict[str, Any]]:
-    """Tasks that used a pinned core during a loop of ``wall_ns``: from two snapshots
-    ``{tid: (comm, processor, utime + stime ticks)}`` (the processor is where the task last ran).
-    Grouped per (comm, core) so a multi-threaded job counts once; most used first."""
+    """Processes that used a pinned core during a loop of ``wall_ns``, from two snapshots of every
+    thread ``{tid: (pid, comm, processor, utime + stime ticks)}`` (the processor is where the thread
+    last ran). The threads of a process count together; processes ``exclude``d (the worker) do not
+    count; most used first."""
     if wall_ns <= 0:
         return []
-    per: dict[tuple[str, int], list] = {}
-    for tid, (comm, core, ticks) in after.items():
-        if tid in exclude or core not in cores or tid not in before:
+    per: dict[tuple[int, int], list] = {}
+    for tid, (pid, comm, core, ticks) in after.items():
+        if pid in exclude or core not in cores or tid not in before:
             continue
-        delta = ticks - before[tid][2]
-        if delta <= 0:
-            continue
-        entry = per.setdefault((comm, core), [tid, 0])
-        entry[1] += delta
+        delta = ticks - before[tid][3]
+        if delta > 0:
+            per.setdefault((pid, core), [comm, 0])[1] += delta
     out = []
-    for (comm, core), (tid, ticks) in per.items():
+    for (pid, core), (comm, ticks) in per.items():
         share = 100 * ticks * 1e9 / clk_tck / wall_ns
         if ticks >= BUSY_MIN_TICKS and share >= BUSY_SHARE_PCT:
-            out.append({"pid": tid, "comm": comm, "core": core, "share_pct": round(min(share, 100.0), 1)})
+            out.append({"pid": pid, "comm": comm, "core": core, "share_pct": round(min(share, 100.0), 1)})
     return sorted(out, key=lambda b: -b["share_pct"])
 
 
@@ -215,7 +216,3 @@ def assess_run(run: Any) -> Verdict:
     return assess(run.timings_ns, extra.get("summary"), getattr(run, "context", None),
                   run.temp_before_c, run.temp_after_c)
 
-
-def pick_accepted(verdicts: Sequence[Verdict]) -> int:
-    """The repeat ``--until-stable`` reports: the first stable one, else the last."""
-    return next((i for i, v in enumerate(verdicts) if v.stable), len(verdicts) - 1)
