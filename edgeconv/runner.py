@@ -19,6 +19,10 @@ percentiles are LiteRT's (``p5= median= p95=``: the n*p/100-th smallest run, not
 difference, deliberate: the timed region is ``set_input + invoke + get_output`` of
 :mod:`edgeconv.runtimes` (edgeconv's host protocol), not ``Invoke()`` alone.
 
+Memory: "the start of the tool" is after the runtime import (benchmark_model has its runtime linked
+in), the peak is the process's VmHWM from /proc/self/status (reset after the import), printed as
+benchmark_model's ``Overall peak memory footprint (MB)`` line so the same parser reads both.
+
 This module is pushed to devices in a small zip with only ``edgeconv/__init__.py``, ``errors.py``,
 ``runtimes/`` and itself (:data:`ZIP_MEMBERS`): it must import nothing else from edgeconv, and
 nothing heavy before the model's runtime.

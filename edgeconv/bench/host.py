@@ -6,7 +6,10 @@ runtime's thread pools, allocator state or crash cannot disturb another's measur
 thread the worker pins itself to one core *before* importing the runtime, so the runtime's pools
 size themselves to that core. The timed region is ``set_input + invoke + get_output``; input
 preparation (layout, quantization) happens before it. Timings travel back as JSON in a temp file
-(stdout/stderr carry runtime log chatter and progress lines).
+(stdout/stderr carry runtime log chatter and progress lines), with the context of the timed loop
+(:mod:`edgeconv.bench.context`: the wait for the core, busy tasks, load, clock) and the worker's
+memory: its resident size after the runtime import, and the peak (VmHWM, reset after the import)
+of loading the model and running it.
 
 This module must stay importable without torch/TensorFlow: boards only have a TFLite runtime.
 """
