@@ -243,5 +243,11 @@ def test_peak_memory_on_an_emulated_phone(adb_device: EmulatedDevice, adb_server
     assert ctx["governor_after"] == {"7": "schedutil"} and len(ctx["loadavg_after"]) == 3
     table = CliRunner().invoke(bench, ["--device", "android", "--serial", adb_device.serial, "--artifacts",
                                        str(folder), "--runtime", "openvino", "--runner", "python", "--runs", "30",
-                                       "--warmup", "2", "--cooldown", "0", "--db", str(db)], catch_exceptions=False)
+                                       "--warmup", "2", "--cooldown", "0", "--until-stable", "2", "--db", str(db)],
+                               catch_exceptions=False)
     assert table.exit_code == 0 and "mem MB" in table.stdout and "verdict" in table.stdout
+    with Store(db) as s:  # --until-stable on a device: a second repeat only when the first was not stable
+        runs = s.runs()[:-1][::-1]
+        repeats = [json.loads(s.conn.execute("SELECT extra FROM runs WHERE id = ?", (x["run_id"],)).fetchone()[0])
+                   ["repeat"] for x in runs]
+    assert repeats == ([1] if runs[0]["verdict"] == STABLE else [1, 2])
