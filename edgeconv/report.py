@@ -95,18 +95,18 @@ REPORT_COLUMNS: list[Column] = [
 # rows
 # ------------------------------------------------------------------------------------------------
 def results_rows(store: Store, models: Sequence[str] | None = None, device: str | None = None,
-                 limit: int | None = None) -> list[dict]:
-    """Every stored run (ok and failed), newest first."""
-    return store.runs(models=models, device=device, limit=limit)
+                 limit: int | None = None, tag: str | None = None) -> list[dict]:
+    """Every stored run (ok and failed; with ``tag``: of that tag), newest first."""
+    return store.runs(models=models, device=device, limit=limit, tag=tag)
 
 
 def report_rows(store: Store, models: Sequence[str] | None = None, device: str | None = None,
-                threads: int | None = 1) -> list[dict]:
+                threads: int | None = 1, tag: str | None = None) -> list[dict]:
     """One row per (model, format, precision, device) from its latest ok run with ``threads``
     threads (1: the paper's protocol), with top-1 from the latest matching accuracy result."""
-    acc = store.latest_accuracy(models)
+    acc = store.latest_accuracy(models, tag=tag)
     rows = []
-    for r in store.latest_ok_runs(models=models, device=device, threads=threads):
+    for r in store.latest_ok_runs(models=models, device=device, threads=threads, tag=tag):
         a = acc.get((r["model"], r["format"], r["precision"]))
         row = {k: r.get(k) for k in REPORT_FIELDS}
         row.update(size_mb=r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None,
