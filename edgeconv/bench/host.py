@@ -219,8 +219,9 @@ def measure(job: BenchJob, progress: ProgressFn | None = None) -> dict:
                 timed_loop(runner, x, job.invoke_only_runs, invoke_only=True)))
         y = np.asarray(runner.get_output())
         res["peak_rss_mb"] = _mb(peak_kb())
-        if not peak_from_import:  # the peak may be the import's own: no difference to report
-            res["context"]["memory"] = "VmHWM could not be reset after the import"
+        if peak_from_import and res["peak_rss_mb"] and res["import_rss_mb"]:
+            res["mem_mb"] = round(res["peak_rss_mb"] - res["import_rss_mb"], 2)
+        # else the peak may be the import's own: no difference to report, the peak alone
         res["output_shape"] = list(y.shape)
         res["output_finite"] = bool(np.isfinite(y).all())
         runner.close()
@@ -299,9 +300,7 @@ def _to_record(job: BenchJob, res: dict, log: str) -> RunRecord:
         finished_at=res.get("finished_at") or now_iso(), temp_before_c=res.get("temp_before_c"),
         temp_after_c=res.get("temp_after_c"), raw_log=log[-LOG_LIMIT:] or None,
         harness_overhead_ns=res.get("harness_overhead_ns"), extra=extra, context=res.get("context"),
-        peak_rss_mb=res.get("peak_rss_mb"), import_rss_mb=res.get("import_rss_mb"),
-        mem_mb=round(res["peak_rss_mb"] - res["import_rss_mb"], 2)
-        if res.get("peak_rss_mb") and res.get("import_rss_mb") else None)
+        peak_rss_mb=res.get("peak_rss_mb"), import_rss_mb=res.get("import_rss_mb"), mem_mb=res.get("mem_mb"))
 
 
 def run_job(job: BenchJob, on_progress: ProgressFn | None = None,

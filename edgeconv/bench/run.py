@@ -49,7 +49,7 @@ class Outcome:
 
 def is_final(rec: RunRecord, until_stable: int) -> bool:
     """Whether ``rec`` is the repeat ``--until-stable`` reports: failed, stable, or the last allowed."""
-    from .stability import assess_run
+    from ..bench.stability import assess_run
 
     return rec.status != "ok" or assess_run(rec).stable or int(rec.extra.get("repeat", 1)) >= until_stable
 
@@ -362,9 +362,8 @@ def failure_summary(outcomes: Sequence[Outcome]) -> str | None:
 def outcome_row(o: Outcome) -> dict:
     """Flat, JSON-able summary of one outcome (what the table and --json show). Runs measured by
     benchmark_model carry only its aggregates (no p90/p99)."""
+    from ..bench.stability import assess_run
     from ..bench.stats import TimingStats, summarize
-
-    from .stability import assess_run
 
     r, a = o.run, o.target.artifact
     verdict = assess_run(r) if r.status == "ok" else None
