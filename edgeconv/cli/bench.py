@@ -150,9 +150,11 @@ def bench(name: str | None, device: str, serials: tuple[str, ...], runtime: str 
             _print_bench_table(model, one, [r for r in rows if r["serial"] == serial], threads, db_path)
     for o, r in zip([o for o in outcomes if o.accepted], rows, strict=True):
         if r["verdict"] not in (None, "stable"):
-            hint = "" if until_stable > 1 else "; --until-stable repeats it until it is"
-            warn(f"{outcome_label(o)} is {r['verdict']}: {'; '.join(r['verdict_reasons'])}"
-                 f" (its figures may not be trustworthy{hint})")
+            hint = "" if until_stable > 1 else "; --until-stable N repeats it until it is"
+            advice = f"stop other jobs on core(s) {r['cores']} or pick an idle one with --core" \
+                if device == "host" else "let the device cool down, close other apps"
+            warn(f"{outcome_label(o)} is {r['verdict']}: {'; '.join(r['verdict_reasons'])} (its figures may "
+                 f"not be trustworthy: {advice}{hint})")
     if (summary := failure_summary(outcomes)) is not None:
         raise UserError(summary)
 
