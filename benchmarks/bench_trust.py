@@ -5,6 +5,8 @@
         # the verdict of a run as the machine is, then with a Python busy loop pinned to the same core
     python benchmarks/bench_trust.py memory build/tinynet-e/tflite/{fp32,int8}.tflite ...
         # peak resident memory of the host worker: runtime import alone, load + inference above it
+    python benchmarks/bench_trust.py memory-adb tinynet-e efficientnet-b0 --out build
+        # the same on the emulated phone of tests/adb_emulator.py (the Python runner's VmHWM)
     python benchmarks/bench_trust.py false-alarms --artifact build/tinynet-e/tflite/int8.tflite --pairs 10
         # the same artifact measured twice, PAIRS times: how often compare calls it a regression
 
@@ -21,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout (memory-adb: its tests/)
 
 from edgeconv.bench.host import BenchJob, run_job  # noqa: E402
 from edgeconv.bench.stability import assess_run  # noqa: E402
@@ -83,6 +85,40 @@ def memory(args) -> int:
     return 0
 
 
+def memory_adb(args) -> int:
+    """``edgeconv bench NAME --device android --runner python`` on the test suite's emulated phone."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edgeconv.cli.bench import bench
+    from tests.adb_emulator import AdbDeviceEmulator, IsolatedAdbServer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = IsolatedAdbServer(Path(tmp)).start()
+        emu = AdbDeviceEmulator().start()
+        try:
+            server.connect(emu)
+            os.environ.update({k: v for k, v in server.env.items() if k.startswith(("ANDROID", "ADB")) or k == "HOME"})
+            print("model | precision | import MB | load+inference MB | peak MB | verdict")
+            for model in args.models:
+                r = CliRunner().invoke(bench, [model, "--device", "android", "--serial", emu.serial, "--out", args.out,
+                                               "--runner", "python", "--cooldown", "0", "--runs", str(args.runs),
+                                               "--warmup", str(args.warmup), "--precisions", "fp32,int8",
+                                               "--db", str(Path(tmp) / "r.db"), "--json"])
+                if r.exit_code:
+                    print(r.stderr, file=sys.stderr)
+                    return 1
+                for x in json.loads(r.stdout)["results"]:
+                    print(f"{model} | {x['precision']} | {x['import_rss_mb']} | {x['mem_mb']} | {x['peak_rss_mb']} | "
+                          f"{x['verdict']}")
+        finally:
+            server.run("disconnect", emu.serial, timeout=15)
+            emu.close()
+            server.kill()
+    return 0
+
+
 def false_alarms(args) -> int:
     from edgeconv.compare import REGRESSION, compare
 
@@ -115,12 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--artifact", required=True)
     m = sub.add_parser("memory")
     m.add_argument("artifacts", nargs="+")
+    a = sub.add_parser("memory-adb")
+    a.add_argument("models", nargs="+")
+    a.add_argument("--out", default="build", help="build folder (built when missing)")
     f = sub.add_parser("false-alarms")
     f.add_argument("--artifact", required=True)
     f.add_argument("--pairs", type=int, default=10)
     f.add_argument("--max-slowdown", type=float, default=5.0)
     args = ap.parse_args(argv)
-    return {"verdicts": verdicts, "memory": memory, "false-alarms": false_alarms}[args.what](args)
+    return {"verdicts": verdicts, "memory": memory, "memory-adb": memory_adb,
+            "false-alarms": false_alarms}[args.what](args)
 
 
 if __name__ == "__main__":

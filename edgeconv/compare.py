@@ -306,7 +306,8 @@ def junit_xml(cmp: Comparison) -> str:
     props = ET.SubElement(suite, "properties")
     for k, v in (("baseline", cmp.baseline), ("candidate", cmp.candidate),
                  ("max_slowdown_pct", f"{cmp.max_slowdown_pct:g}"), ("max_drop_pt", f"{cmp.max_drop_pt:g}"),
-                 ("confidence", f"{cmp.confidence:g}"), *((f"changed {i + 1}", e) for i, e in enumerate(cmp.environment))):
+                 ("confidence", f"{cmp.confidence:g}"),
+                 *((f"changed {i + 1}", e) for i, e in enumerate(cmp.environment))):
         ET.SubElement(props, "property", name=k, value=str(v))
     for r in cmp.latency:
         detail = (f"median {r.baseline_ms:.4g} -> {r.candidate_ms:.4g} ms, ratio {r.ratio:.3f}"

@@ -182,7 +182,7 @@ def test_busy_process_on_the_pinned_core_is_not_stable(onnx_toy: Path, tmp_path:
     assert res["import_rss_mb"] > 20 and res["mem_mb"] > 0
     assert res["peak_rss_mb"] == pytest.approx(res["import_rss_mb"] + res["mem_mb"], abs=0.02)
     rep = CliRunner().invoke(report, ["--db", str(db)], catch_exceptions=False)
-    assert "NOISY (!)" in rep.stdout and f"(!) busytoy onnx/fp32 on " in rep.stderr
+    assert "NOISY (!)" in rep.stdout and "(!) busytoy onnx/fp32 on " in rep.stderr
 
 
 def test_old_database_gets_verdicts_from_its_timings(tmp_path: Path) -> None:
