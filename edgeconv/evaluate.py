@@ -280,9 +280,9 @@ def dataset_label(root: str | Path) -> str:
 
 
 def record_result(r: Result, model: str, dataset: str, data_root: str, limit: int | None, skipped: int,
-                  weights: dict, db: str | Path | None = None) -> None:
+                  weights: dict, db: str | Path | None = None, tag: str | None = None) -> None:
     """Write one accuracy row to the results store (each row as soon as it is measured: Ctrl-C
-    after an artifact keeps it)."""
+    after an artifact keeps it), labelled ``tag``."""
     from .store import record_accuracy
 
     extra = {"runtime": r.runtime, "path": r.path, "limit": limit, "data": data_root,
@@ -290,19 +290,20 @@ def record_result(r: Result, model: str, dataset: str, data_root: str, limit: in
     if r.float_fallback:
         extra["float_fallback"] = r.float_fallback
     record_accuracy(model, r.format, r.precision, dataset, r.n, r.top1, r.top5, r.agreement,
-                    db=db, artifact_sha256=r.sha256, extra=extra)
+                    db=db, artifact_sha256=r.sha256, extra=extra, tag=tag)
 
 
-def record(ev: Evaluation, results: list[Result] | None = None, db: str | Path | None = None) -> None:
+def record(ev: Evaluation, results: list[Result] | None = None, db: str | Path | None = None,
+           tag: str | None = None) -> None:
     """Write ``results`` (default: all) of ``ev`` to the results store."""
     for r in results if results is not None else ev.results:
-        record_result(r, ev.model, ev.dataset, ev.data_root, ev.limit, len(ev.skipped), ev.weights, db)
+        record_result(r, ev.model, ev.dataset, ev.data_root, ev.limit, len(ev.skipped), ev.weights, db, tag)
 
 
 def evaluate(name: str, data: str | Path, *, weights: str | None = None, out: str | Path = "build",
              limit: int | None = None, calib: str | None = None, calib_size: int = 200,
              formats=None, precisions=None, threads: int = 2, db: str | Path | None = None,
-             store: bool = True, progress: Progress | None = None) -> Evaluation:
+             store: bool = True, progress: Progress | None = None, tag: str | None = None) -> Evaluation:
     """Build NAME's artifacts if missing (cached otherwise), then measure each on ``data``."""
     from .build import build
     from .formats import FORMATS, PRECISIONS, parse_choices, runtime_of
@@ -331,10 +332,11 @@ def evaluate(name: str, data: str | Path, *, weights: str | None = None, out: st
     labels = evdata.labels
     if evdata.skipped:
         progress("warn", message=f"--data {data}: {evdata.skipped_summary()}")
+
     def save(r: Result) -> Result:
         if store:
             record_result(r, manifest["model"], dataset_label(data), str(data), limit, len(evdata.skipped),
-                          manifest["weights"], db)
+                          manifest["weights"], db, tag)
         return r
 
     results = [save(score("pytorch", "fp32", "torch", ref_logits, labels, None, spent))]
@@ -522,7 +524,8 @@ def check(name: str, data: str | Path, *, weights: str | None = None, out: str |
           limit: int | None = None, calib: str | None = None, calib_size: int = 200, formats=None,
           precisions=None, max_drop: float | None = None, fallback: bool = True, threads: int = 2,
           latency_runs: int = 200,
-          db: str | Path | None = None, store: bool = True, progress: Progress | None = None) -> CheckResult:
+          db: str | Path | None = None, store: bool = True, progress: Progress | None = None,
+          tag: str | None = None) -> CheckResult:
     """Evaluate NAME's artifacts on ``data`` and gate each one's top-1 drop vs PyTorch fp32 at
     ``max_drop`` points (default: the recipe's ``quantization.max_drop``). With ``fallback``, an
     int8 artifact over the limit gets a sensitivity pass (:func:`float_fallback`); if that brings it
@@ -573,6 +576,6 @@ def check(name: str, data: str | Path, *, weights: str | None = None, out: str |
                       str(Path(ev.folder) / entry["path"]), entry["sha256"], fb.float_ops)
         ev.replace(mixed)
         if store:  # the artifact that now ships; the all-int8 row stays as what was measured before
-            record(ev, [mixed], db=db)
+            record(ev, [mixed], db=db, tag=tag)
     g = gate(ev, max_drop)
     return CheckResult(ev, g, fallbacks)

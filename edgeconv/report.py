@@ -29,7 +29,8 @@ FAMILY_STYLE: dict[str, tuple[str, str]] = {
 _FAMILY_PREFIX = (("tinynet", "TinyNet"), ("efficientnet-lite", "EfficientNet-Lite"),
                   ("efficientnet", "EfficientNet"))
 PLOT_SUFFIXES = (".png", ".svg")
-TEXT_KEYS = {"model", "device", "error", "status", "runtime", "format", "precision", "finished_at"}
+TEXT_KEYS = {"model", "device", "error", "status", "runtime", "format", "precision", "finished_at", "verdict",
+             "tag", "what", "notes", "dataset"}
 
 
 def family_of(model: str) -> str:
@@ -65,21 +66,29 @@ def _text(v: object) -> str:
     return "-" if v is None else str(v)
 
 
+def fmt_verdict(v: object) -> str:
+    """``stable``; anything else marked, so a row not to trust stands out (``-``: not judged)."""
+    return "-" if v is None else str(v) if v == "stable" else f"{str(v).upper()} (!)"
+
+
 # the keys of a report row, in order (also the CSV header, with or without rows)
 REPORT_FIELDS = ("model", "format", "precision", "device", "device_kind", "runtime", "runtime_version",
                  "threads", "size_mb", "top1_pct", "dataset", "median_ms", "p90_ms", "mean_ms", "runs",
+                 "mem_mb", "import_rss_mb", "peak_rss_mb", "verdict", "verdict_reasons", "tag",
                  "params", "macs", "run_id", "finished_at")
 RESULTS_COLUMNS: list[Column] = [
     ("run_id", "id", _text), ("finished_at", "finished (UTC)", lambda v: _text(v)[:19].replace("T", " ")),
     ("device", "device", _text), ("model", "model", _text), ("format", "format", _text),
     ("precision", "precision", _text), ("runtime", "runtime", _text), ("threads", "threads", _text),
     ("status", "status", _text), ("median_ms", "median ms", fmt_ms), ("p90_ms", "p90 ms", fmt_ms),
-    ("runs_actual", "runs", _text), ("error", "error", lambda v: "" if v is None else str(v)),
+    ("runs_actual", "runs", _text), ("mem_mb", "mem MB", fmt_mb), ("verdict", "verdict", fmt_verdict),
+    ("tag", "tag", _text), ("error", "error", lambda v: "" if v is None else str(v)),
 ]
 REPORT_COLUMNS: list[Column] = [
     ("model", "model", _text), ("format", "format", _text), ("precision", "precision", _text),
     ("device", "device", _text), ("size_mb", "size MB", fmt_mb), ("top1_pct", "top-1 %", _fmt(".1f")),
     ("median_ms", "median ms", fmt_ms), ("p90_ms", "p90 ms", fmt_ms), ("runs", "runs", _text),
+    ("mem_mb", "mem MB", fmt_mb), ("verdict", "verdict", fmt_verdict),
 ]
 
 
@@ -87,18 +96,18 @@ REPORT_COLUMNS: list[Column] = [
 # rows
 # ------------------------------------------------------------------------------------------------
 def results_rows(store: Store, models: Sequence[str] | None = None, device: str | None = None,
-                 limit: int | None = None) -> list[dict]:
-    """Every stored run (ok and failed), newest first."""
-    return store.runs(models=models, device=device, limit=limit)
+                 limit: int | None = None, tag: str | None = None) -> list[dict]:
+    """Every stored run (ok and failed; with ``tag``: of that tag), newest first."""
+    return store.runs(models=models, device=device, limit=limit, tag=tag)
 
 
 def report_rows(store: Store, models: Sequence[str] | None = None, device: str | None = None,
-                threads: int | None = 1) -> list[dict]:
+                threads: int | None = 1, tag: str | None = None) -> list[dict]:
     """One row per (model, format, precision, device) from its latest ok run with ``threads``
     threads (1: the paper's protocol), with top-1 from the latest matching accuracy result."""
-    acc = store.latest_accuracy(models)
+    acc = store.latest_accuracy(models, tag=tag)
     rows = []
-    for r in store.latest_ok_runs(models=models, device=device, threads=threads):
+    for r in store.latest_ok_runs(models=models, device=device, threads=threads, tag=tag):
         a = acc.get((r["model"], r["format"], r["precision"]))
         row = {k: r.get(k) for k in REPORT_FIELDS}
         row.update(size_mb=r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None,
@@ -143,7 +152,7 @@ def to_csv(rows: Sequence[dict], keys: Sequence[str]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(keys), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({k: "; ".join(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows)
     return buf.getvalue()
 
 

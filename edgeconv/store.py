@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from .bench.stability import assess_run
 from .bench.stats import compress_timings, decompress_timings, summarize
 from .errors import UserError
 
 ENV_DB = "EDGECONV_DB"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 60.0
 DEVICE_KINDS = ("host", "android", "board")
 
@@ -76,6 +77,17 @@ MIGRATIONS: list[list[str]] = [[
         artifact_sha256 TEXT, extra TEXT, created_at TEXT NOT NULL)""",
     "CREATE INDEX runs_artifact ON runs (artifact_id, device_id, threads, status)",
     "CREATE INDEX accuracy_model ON accuracy (model, format, precision)",
+], [  # 2: stability verdicts, peak memory, tags (edgeconv compare)
+    "ALTER TABLE runs ADD COLUMN tag TEXT",
+    "ALTER TABLE runs ADD COLUMN verdict TEXT",           # stable | noisy | throttled (NULL: failed)
+    "ALTER TABLE runs ADD COLUMN verdict_reasons TEXT",   # JSON list of sentences
+    "ALTER TABLE runs ADD COLUMN context TEXT",           # JSON: load, clock, busy tasks, ...
+    "ALTER TABLE runs ADD COLUMN peak_rss_mb REAL",
+    "ALTER TABLE runs ADD COLUMN import_rss_mb REAL",
+    "ALTER TABLE runs ADD COLUMN mem_mb REAL",
+    "ALTER TABLE accuracy ADD COLUMN tag TEXT",
+    "CREATE INDEX runs_tag ON runs (tag)",
+    "CREATE INDEX accuracy_tag ON accuracy (tag)",
 ]]
 
 
@@ -87,7 +99,8 @@ RUN_SELECT = (
     "d.kind AS device_kind", "d.name AS device", "d.serial AS device_serial", "d.cpu_model", "a.model",
     "a.format", "a.precision", "a.path", "a.sha256", "a.size_bytes", "a.params", "a.macs",
     "a.resolution", "s.mean_ms", "s.median_ms", "s.p90_ms", "s.p99_ms", "s.min_ms", "s.max_ms",
-    "s.std_ms", "s.init_ms", "s.first_ms")
+    "s.std_ms", "s.init_ms", "s.first_ms", "r.tag", "r.verdict", "r.verdict_reasons", "r.peak_rss_mb",
+    "r.import_rss_mb", "r.mem_mb")
 RUN_FIELDS = tuple(c.split(" AS ")[-1].split(".")[-1] for c in RUN_SELECT)
 
 
@@ -146,6 +159,28 @@ class RunRecord:
     raw_log: str | None = None
     harness_overhead_ns: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] | None = None  # what else happened meanwhile (edgeconv.bench.context)
+    tag: str | None = None  # bench --tag: the label compare finds runs by
+    peak_rss_mb: float | None = None  # the worker's peak resident memory (VmHWM)
+    import_rss_mb: float | None = None  # what the runtime import alone held (the baseline of mem_mb)
+    mem_mb: float | None = None  # load + inference: peak - import (benchmark_model: its "overall")
+
+
+BACKFILL_NOTE = "judged from the timings alone when the database was upgraded (no context recorded)"
+
+
+def _backfill_verdicts(c: sqlite3.Connection) -> None:
+    """Runs stored before verdicts existed get one from what was stored: raw timings (or the
+    printed aggregates) and the temperatures; the missing context is said in the reasons."""
+    from .bench.stability import assess
+
+    rows = c.execute("SELECT r.id, r.extra, r.temp_before_c, r.temp_after_c, s.timings FROM runs r "
+                     "LEFT JOIN run_stats s ON s.run_id = r.id WHERE r.status = 'ok'").fetchall()
+    for run_id, extra, t0, t1, blob in rows:
+        summary = (json.loads(extra) if extra else {}).get("summary")
+        v = assess(decompress_timings(blob) if blob else None, summary, None, t0, t1)
+        c.execute("UPDATE runs SET verdict = ?, verdict_reasons = ? WHERE id = ?",
+                  (v.status, json.dumps([*v.reasons, BACKFILL_NOTE]), run_id))
 
 
 def _db_error(path: Path, e: BaseException) -> UserError:
@@ -157,6 +192,13 @@ def _db_error(path: Path, e: BaseException) -> UserError:
 
 def _json(v: Any) -> str | None:
     return None if v is None else json.dumps(v, sort_keys=True)
+
+
+def _run_row(r: sqlite3.Row) -> dict:
+    row = dict(r)
+    if isinstance(row.get("verdict_reasons"), str):
+        row["verdict_reasons"] = json.loads(row["verdict_reasons"])
+    return row
 
 
 class Store:
@@ -246,6 +288,8 @@ class Store:
             for v in range(version, SCHEMA_VERSION):
                 for stmt in MIGRATIONS[v]:
                     c.execute(stmt)
+            if 0 < version < 2:
+                _backfill_verdicts(c)
             c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- writes -----------------------------------------------------------------------------------
@@ -294,18 +338,24 @@ class Store:
         summary = (run.extra or {}).get("summary") if timings.size == 0 else None
         if run.status == "ok" and timings.size == 0 and not summary:
             raise ValueError("an ok run needs its timings (or the runner's printed summary)")
+        verdict = assess_run(run) if run.status == "ok" else None
         with self.transaction() as c:
             artifact_id = self._upsert_artifact(c, artifact)
             run_id = int(c.execute(
                 "INSERT INTO runs (device_id, artifact_id, runtime, runtime_version, threads, cores, "
                 "warmup, runs_requested, runs_actual, started_at, finished_at, status, error, "
-                "temp_before_c, temp_after_c, raw_log, harness_overhead_ns, extra) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+                "temp_before_c, temp_after_c, raw_log, harness_overhead_ns, extra, tag, verdict, "
+                "verdict_reasons, context, peak_rss_mb, import_rss_mb, mem_mb) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
                 (device_id, artifact_id, run.runtime, run.runtime_version, run.threads, run.cores,
                  run.warmup, run.runs_requested, int(summary["count"]) if summary else int(timings.size),
                  run.started_at,
                  run.finished_at or now_iso(), run.status, run.error, run.temp_before_c,
-                 run.temp_after_c, run.raw_log, run.harness_overhead_ns, _json(run.extra or None)),
+                 run.temp_after_c, run.raw_log, run.harness_overhead_ns, _json(run.extra or None),
+                 run.tag, verdict.status if verdict else None,
+                 _json(list(verdict.reasons)) if verdict else None,
+                 _json({**(run.context or {}), "metrics": verdict.metrics} if verdict else run.context),
+                 run.peak_rss_mb, run.import_rss_mb, run.mem_mb),
             ).fetchone()[0])
             if timings.size or summary or run.init_ms is not None:
                 ms = summarize(timings).as_ms() if timings.size else {}
@@ -321,7 +371,7 @@ class Store:
     def record_accuracy(self, model: str, format: str, precision: str, dataset: str, n: int,
                         top1: float, top5: float | None = None, agreement: float | None = None,
                         artifact_sha256: str | None = None, extra: Mapping[str, Any] | None = None,
-                        created_at: str | None = None) -> int:
+                        created_at: str | None = None, tag: str | None = None) -> int:
         """Store one accuracy evaluation; ``top1``/``top5``/``agreement`` (top-1 agreement with the
         PyTorch reference) are fractions in [0, 1]. Returns the row id."""
         for name, v in (("top1", top1), ("top5", top5), ("agreement", agreement)):
@@ -332,9 +382,9 @@ class Store:
         with self.transaction() as c:
             return int(c.execute(
                 "INSERT INTO accuracy (model, format, precision, dataset, n, top1, top5, agreement, "
-                "artifact_sha256, extra, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+                "artifact_sha256, extra, created_at, tag) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
                 (model, format, precision, dataset, int(n), float(top1), top5, agreement,
-                 artifact_sha256, _json(dict(extra) if extra else None), created_at or now_iso()),
+                 artifact_sha256, _json(dict(extra) if extra else None), created_at or now_iso(), tag),
             ).fetchone()[0])
 
     # -- reads ------------------------------------------------------------------------------------
@@ -344,8 +394,11 @@ class Store:
 
     @staticmethod
     def _filters(models: Sequence[str] | None, device: str | None, status: str | None = None,
-                 threads: int | None = None) -> tuple[str, list]:
+                 threads: int | None = None, tag: str | None = None) -> tuple[str, list]:
         where, args = ["1"], []
+        if tag is not None:
+            where.append("r.tag = ?")
+            args.append(tag)
         if models:
             where.append(f"a.model IN ({', '.join('?' * len(models))})")
             args += list(models)
@@ -361,29 +414,32 @@ class Store:
         return " AND ".join(where), args
 
     def runs(self, models: Sequence[str] | None = None, device: str | None = None,
-             status: str | None = None, limit: int | None = None) -> list[dict]:
+             status: str | None = None, limit: int | None = None, tag: str | None = None) -> list[dict]:
         """Runs, newest first, joined with device, artifact and statistics (no raw timings)."""
-        where, args = self._filters(models, device, status)
+        where, args = self._filters(models, device, status, tag=tag)
         sql = f"SELECT {self._RUN_COLUMNS} {self._RUN_JOINS} WHERE {where} ORDER BY r.id DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [dict(r) for r in self.conn.execute(sql, args)]
+        return [_run_row(r) for r in self.conn.execute(sql, args)]
 
     def latest_ok_runs(self, models: Sequence[str] | None = None, device: str | None = None,
-                       threads: int | None = 1) -> list[dict]:
-        """The newest ok run of each (model, format, precision, device, threads)."""
-        where, args = self._filters(models, device, "ok", threads)
+                       threads: int | None = 1, tag: str | None = None) -> list[dict]:
+        """The newest ok run of each (model, format, precision, runtime, device, threads)."""
+        where, args = self._filters(models, device, "ok", threads, tag)
         sql = (f"SELECT * FROM (SELECT {self._RUN_COLUMNS}, row_number() OVER (PARTITION BY a.model, "
-               f"a.format, a.precision, r.device_id, r.threads ORDER BY r.id DESC) AS rank_ "
+               f"a.format, a.precision, r.runtime, r.device_id, r.threads ORDER BY r.id DESC) AS rank_ "
                f"{self._RUN_JOINS} WHERE {where}) WHERE rank_ = 1 "
                "ORDER BY model, format, precision, device")
-        return [{k: v for k, v in dict(r).items() if k != "rank_"} for r in self.conn.execute(sql, args)]
+        return [{k: v for k, v in _run_row(r).items() if k != "rank_"} for r in self.conn.execute(sql, args)]
 
-    def latest_accuracy(self, models: Sequence[str] | None = None) -> dict[tuple[str, str, str], dict]:
-        """The newest accuracy result per (model, format, precision)."""
+    def latest_accuracy(self, models: Sequence[str] | None = None, tag: str | None = None
+                        ) -> dict[tuple[str, str, str], dict]:
+        """The newest accuracy result per (model, format, precision) (with ``tag``: of that tag)."""
         where, args = ("1", [])
         if models:
             where, args = f"model IN ({', '.join('?' * len(models))})", list(models)
+        if tag is not None:
+            where, args = f"{where} AND tag = ?", [*args, tag]
         sql = (f"SELECT * FROM accuracy WHERE {where} ORDER BY id")  # later rows overwrite earlier
         return {(r["model"], r["format"], r["precision"]): dict(r) for r in self.conn.execute(sql, args)}
 
@@ -401,8 +457,8 @@ class Store:
 def record_accuracy(model: str, format: str, precision: str, dataset: str, n: int, top1: float,
                     top5: float | None = None, agreement: float | None = None, *,
                     db: str | Path | None = None, artifact_sha256: str | None = None,
-                    extra: Mapping[str, Any] | None = None) -> int:
+                    extra: Mapping[str, Any] | None = None, tag: str | None = None) -> int:
     """Open the results store (``db`` or the default), record one accuracy result, close it."""
     with Store(db) as store:
         return store.record_accuracy(model, format, precision, dataset, n, top1, top5, agreement,
-                                     artifact_sha256=artifact_sha256, extra=extra)
+                                     artifact_sha256=artifact_sha256, extra=extra, tag=tag)

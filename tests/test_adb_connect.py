@@ -91,7 +91,7 @@ def test_a_failed_connect_is_disconnected_again(adb_server: IsolatedAdbServer, r
     assert adb_server.state_of(refusing_host) is None  # nothing left behind
 
 
-def test_bench_tries_the_connect_once_and_leaves_nothing(tinynet: Path, adb_server: IsolatedAdbServer,
+def test_bench_tries_the_connect_once_and_leaves_nothing(tinynet: Path, adb_server: IsolatedAdbServer,  # noqa: F811 - the imported fixture
                                                          logged_adb: Path, refusing_host: str,
                                                          tmp_path: Path) -> None:
     db = tmp_path / "r.db"

@@ -70,9 +70,10 @@ def test_markdown_and_csv(db: Path) -> None:
     with Store(db) as s:
         rows = report_rows(s, models=["tinynet-e", "efficientnet-lite1"])
     md = to_markdown(rows, visible_columns(rows, REPORT_COLUMNS)).splitlines()
-    assert md[0] == "| model | format | precision | size MB | top-1 % | median ms | p90 ms | runs |"
-    assert md[2:] == ["| efficientnet-lite1 | tflite | int8 | 6.30 | - | 7.90 | 7.90 | 3 |",
-                      "| tinynet-e | tflite | int8 | 0.240 | 59.9 | 0.900 | 0.900 | 3 |"]
+    assert md[0] == ("| model | format | precision | size MB | top-1 % | median ms | p90 ms | runs | mem MB | "
+                     "verdict |")
+    assert md[2:] == ["| efficientnet-lite1 | tflite | int8 | 6.30 | - | 7.90 | 7.90 | 3 | - | stable |",
+                      "| tinynet-e | tflite | int8 | 0.240 | 59.9 | 0.900 | 0.900 | 3 | - | stable |"]
     lines = to_csv(rows, ["model", "top1_pct", "median_ms"]).splitlines()
     assert lines == ["model,top1_pct,median_ms", "efficientnet-lite1,,7.9", "tinynet-e,59.9,0.9"]
 

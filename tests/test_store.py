@@ -48,11 +48,11 @@ def test_schema_and_pragmas(tmp_path: Path) -> None:
     with Store(tmp_path / "r.db") as s:
         tables = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"devices", "artifacts", "runs", "run_stats", "accuracy"} <= tables
-        assert s.schema_version() == SCHEMA_VERSION == 1
+        assert s.schema_version() == SCHEMA_VERSION == 2
         assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 10_000
     with Store(tmp_path / "r.db") as s:  # reopening an up-to-date store changes nothing
-        assert s.schema_version() == 1
+        assert s.schema_version() == 2
 
 
 def test_run_round_trip_and_stats_from_raw_timings(tmp_path: Path) -> None:

@@ -64,6 +64,7 @@ from ..store import ArtifactRecord, RunRecord, Store, now_iso
 from ..util import sha256_file
 from .adb import Adb, AdbError
 from .parsers import TRUNCATED, parse_benchmark_app, parse_benchmark_model
+from .stability import assess_run
 
 RUN_TIMEOUT_S = 3600.0  # one artifact's runner: its --max_secs, and (plus slack) the adb timeout
 RUN_SLACK_S = 300.0  # model loading, warm-up and process start on top of RUN_TIMEOUT_S
@@ -117,6 +118,7 @@ class RemoteOptions:
     runner: str | None = None  # overrides the profile's runners for every runtime
     timeout_s: float = RUN_TIMEOUT_S
     reconnect_timeout_s: float = RECONNECT_TIMEOUT_S
+    until_stable: int = 1  # measure each artifact up to this many times until its verdict is stable
 
 
 @dataclass
@@ -351,8 +353,8 @@ def read_report(runner: Runner, text: str, exit_code: int, opts: RemoteOptions) 
         "runtime_version": next(iter(re.findall(r"^(?:INFO: )?Runtime: \[(.+)\]$", text, re.M)), None),
         "summary": {"count": timed.count, "mean_ms": _ms(timed.avg_us), "median_ms": _ms(timed.median_us),
                     "min_ms": _ms(timed.min_us), "max_ms": _ms(timed.max_us), "std_ms": _ms(timed.std_us)},
-        "memory_mb": {k: v for k, v in (("init", report.init_memory_mb), ("overall", report.overall_memory_mb))
-                      if v is not None},
+        "memory_mb": {k: v for k, v in (("init", report.init_memory_mb), ("overall", report.overall_memory_mb),
+                                        ("peak", report.peak_memory_mb)) if v is not None},
         "warmup_avg_ms": _ms(report.warmup_avg_us),
     }
     found = _TIMINGS.search(text)
@@ -469,6 +471,32 @@ class DeviceSession:
         text = self.adb.shell(self.serial, ["sh", "-c", READ_FILES_SCRIPT, "sh", *self.zones]).stdout
         return parse_temperature(text)
 
+    def sample(self, when: str) -> dict[str, Any]:
+        """Load average and the clock and governor of the pinned cores, for the run's verdict
+        (``loadavg_before``, ``freq_khz_before``, ``governor_before``, or ``_after``)."""
+        freq = [f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_cur_freq" for c in self.cores]
+        gov = [f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor" for c in self.cores]
+        try:
+            text = self.adb.shell(self.serial, ["sh", "-c", READ_FILES_SCRIPT, "sh", "/proc/loadavg",
+                                                *freq, *gov]).stdout
+        except AdbError:
+            return {}
+        lines = text.splitlines()
+        if len(lines) != 1 + 2 * len(self.cores):
+            return {}
+        out: dict[str, Any] = {}
+        load = lines[0].split()[:3]
+        if len(load) == 3 and all(re.fullmatch(r"\d+(\.\d+)?", v) for v in load):
+            out[f"loadavg_{when}"] = [float(v) for v in load]
+        n = len(self.cores)
+        khz = {str(c): int(v) for c, v in zip(self.cores, lines[1:1 + n], strict=True) if v.strip().isdigit()}
+        govs = {str(c): v.strip() for c, v in zip(self.cores, lines[1 + n:], strict=True) if v.strip() not in ("", "-")}
+        if khz:
+            out[f"freq_khz_{when}"] = khz
+        if govs:
+            out[f"governor_{when}"] = govs
+        return out
+
     def cooldown(self) -> dict[str, Any]:
         """Wait until the device is back near its idle temperature, at most ``cooldown`` seconds
         (without a thermal zone: a plain pause of ``cooldown`` seconds). No wait before the first run;
@@ -557,6 +585,8 @@ class DeviceSession:
         self.emit("progress", target=target, phase="cooldown")
         cooling = self.cooldown()
         self.last["temp_before_c"] = self.temperature()
+        context = {"cpus": len(self.facts.cpus) if self.facts else None, "cores": list(self.cores),
+                   **self.sample("before")}
         self.emit("progress", target=target, phase="run")
         extra_args = self.profile.runner_args.get(target.runtime, ()) if self.profile else ()
         argv = ["sh", "-c", MERGED_SCRIPT, "sh", "taskset", self.mask, *runner.command,
@@ -568,11 +598,19 @@ class DeviceSession:
         log = result.stdout + result.stderr
         self.last["raw_log"] = _TIMINGS.sub("INFO: Per-run timings in ns: (stored as timings)", log)[-LOG_LIMIT:]
         self.last["temp_after_c"] = self.temperature()
+        self.last["context"] = {**context, **self.sample("after")}
         fields = read_report(runner, log, result.exit_code, self.opts)
         extra = {"runner": runner.label, "command": " ".join(argv[4:]), "mask": self.mask, "pushed": pushed,
                  "wall_s": round(wall, 3), **cooling,
                  **{k: fields.pop(k) for k in ("summary", "memory_mb", "warmup_avg_ms", "warning") if k in fields}}
         fields["runtime_version"] = fields.get("runtime_version") or runner.label
+        memory = extra.get("memory_mb") or {}
+        if memory.get("peak") is not None:
+            fields["peak_rss_mb"] = memory["peak"]
+        if memory.get("overall") is not None:
+            fields["mem_mb"] = memory["overall"]
+            if memory.get("peak") is not None:  # the Python runner: the tool's start is after the import
+                fields["import_rss_mb"] = round(memory["peak"] - memory["overall"], 2)
         return {**fields, "extra": extra}
 
     def bench(self, target: Any) -> RunRecord:
@@ -622,8 +660,14 @@ class DeviceSession:
                 self.emit("result", target=target, record=self.failed(target, str(e)))
             return
         for target in targets:
-            self.emit("progress", target=target, phase="push")
-            self.emit("result", target=target, record=self.bench(target))
+            for repeat in range(1, self.opts.until_stable + 1):  # --until-stable: every repeat is a result
+                self.emit("progress", target=target, phase="push")
+                record = self.bench(target)
+                if self.opts.until_stable > 1:
+                    record.extra["repeat"] = repeat
+                self.emit("result", target=target, record=record)
+                if record.status != "ok" or assess_run(record).stable:
+                    break
 
     def work(self, targets: Sequence[Any]) -> None:
         """Thread body: :meth:`run`, with any unexpected exception handed to the main thread."""

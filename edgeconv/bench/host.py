@@ -6,7 +6,10 @@ runtime's thread pools, allocator state or crash cannot disturb another's measur
 thread the worker pins itself to one core *before* importing the runtime, so the runtime's pools
 size themselves to that core. The timed region is ``set_input + invoke + get_output``; input
 preparation (layout, quantization) happens before it. Timings travel back as JSON in a temp file
-(stdout/stderr carry runtime log chatter and progress lines).
+(stdout/stderr carry runtime log chatter and progress lines), with the context of the timed loop
+(:mod:`edgeconv.bench.context`: the wait for the core, busy tasks, load, clock) and the worker's
+memory: its resident size after the runtime import, and the peak (VmHWM, reset after the import)
+of loading the model and running it.
 
 This module must stay importable without torch/TensorFlow: boards only have a TFLite runtime.
 """
@@ -31,9 +34,12 @@ import numpy as np
 
 from ..errors import UserError
 from ..formats import RUNTIMES
+from ..runner import peak_kb, reset_peak, status_kb
 from ..store import RunRecord, now_iso
 from ..sysinfo import cpu_temperature
 from ..util import atomic_write_text
+from .context import LoopContext
+from .stability import assess_run
 
 HOST_RUNTIMES = RUNTIMES  # every format's runtime runs on the host
 PROGRESS_PREFIX = "@edgeconv-progress "
@@ -164,6 +170,19 @@ def _elapsed_ms(t0: int) -> float:
     return (time.perf_counter_ns() - t0) / 1e6
 
 
+def _mb(kb: float | None) -> float | None:
+    return None if not kb else round(kb / 1024, 2)
+
+
+def _cores(cpuset: str) -> list[int]:
+    """'0-2,5' -> [0, 1, 2, 5] (the affinity in force; every allowed core when not pinned)."""
+    out: list[int] = []
+    for part in filter(None, cpuset.split(",")):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
+
+
 def measure(job: BenchJob, progress: ProgressFn | None = None) -> dict:
     """Measure ``job`` in this process. Returns a JSON-able dict; errors become a failed result."""
     from ..runtimes import open_runner
@@ -176,6 +195,9 @@ def measure(job: BenchJob, progress: ProgressFn | None = None) -> dict:
         t0 = time.perf_counter_ns()
         _preload(job.runtime)
         res["import_ms"] = _elapsed_ms(t0)
+        # memory: what the runtime import alone holds, then the peak of load + inference above it
+        res["import_rss_mb"] = _mb(status_kb("VmRSS"))
+        peak_from_import = reset_peak()
         t0 = time.perf_counter_ns()
         runner = open_runner(job.path, job.runtime, threads=job.threads,
                              precision=inference_precision(job.runtime, job.precision))
@@ -188,12 +210,18 @@ def measure(job: BenchJob, progress: ProgressFn | None = None) -> dict:
         gc.collect()
         gc.disable()  # a collection inside the timed loop would be charged to the model
         progress("runs", 0, job.runs)
-        res["timings_ns"] = timed_loop(runner, x, job.runs, lambda i: progress("runs", i, job.runs))
+        with LoopContext(_cores(res["cores"])) as ctx:
+            res["timings_ns"] = timed_loop(runner, x, job.runs, lambda i: progress("runs", i, job.runs))
+        res["context"] = ctx.result
         res["harness_overhead_ns"] = float(np.median(timed_loop(_NullRunner(), x, OVERHEAD_RUNS)))
         if job.invoke_only_runs:
             res["invoke_only_median_ns"] = float(np.median(
                 timed_loop(runner, x, job.invoke_only_runs, invoke_only=True)))
         y = np.asarray(runner.get_output())
+        res["peak_rss_mb"] = _mb(peak_kb())
+        if peak_from_import and res["peak_rss_mb"] and res["import_rss_mb"]:
+            res["mem_mb"] = round(res["peak_rss_mb"] - res["import_rss_mb"], 2)
+        # else the peak may be the import's own: no difference to report, the peak alone
         res["output_shape"] = list(y.shape)
         res["output_finite"] = bool(np.isfinite(y).all())
         runner.close()
@@ -271,7 +299,8 @@ def _to_record(job: BenchJob, res: dict, log: str) -> RunRecord:
         init_ms=res.get("init_ms"), first_ms=res.get("first_ms"), started_at=res.get("started_at"),
         finished_at=res.get("finished_at") or now_iso(), temp_before_c=res.get("temp_before_c"),
         temp_after_c=res.get("temp_after_c"), raw_log=log[-LOG_LIMIT:] or None,
-        harness_overhead_ns=res.get("harness_overhead_ns"), extra=extra)
+        harness_overhead_ns=res.get("harness_overhead_ns"), extra=extra, context=res.get("context"),
+        peak_rss_mb=res.get("peak_rss_mb"), import_rss_mb=res.get("import_rss_mb"), mem_mb=res.get("mem_mb"))
 
 
 def run_job(job: BenchJob, on_progress: ProgressFn | None = None,
@@ -319,17 +348,24 @@ def run_job(job: BenchJob, on_progress: ProgressFn | None = None,
 
 def bench_host(jobs: list[BenchJob], on_result: Callable[[BenchJob, RunRecord], None] | None = None,
                on_progress: Callable[[BenchJob, str, int, int], None] | None = None,
-               timeout: float | None = None) -> list[RunRecord]:
+               timeout: float | None = None, until_stable: int = 1) -> list[RunRecord]:
     """Measure ``jobs`` one after another (never in parallel: they would share cores). ``on_result``
-    is called as soon as each result exists, so the caller can commit it before the next starts."""
+    is called as soon as each result exists, so the caller can commit it before the next starts.
+    ``until_stable`` > 1: measure a job again (a fresh worker each time) until its verdict is
+    stable, at most that many times; every repeat is a result (``extra["repeat"]``)."""
     results = []
     for job in jobs:
         cb = (lambda phase, done, total, job=job: on_progress(job, phase, done, total)) \
             if on_progress else None
-        rec = run_job(job, cb, timeout)
-        if on_result:
-            on_result(job, rec)
-        results.append(rec)
+        for repeat in range(1, until_stable + 1):
+            rec = run_job(job, cb, timeout)
+            if until_stable > 1:
+                rec.extra["repeat"] = repeat
+            if on_result:
+                on_result(job, rec)
+            results.append(rec)
+            if rec.status != "ok" or assess_run(rec).stable:
+                break
     return results
 
 

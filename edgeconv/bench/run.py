@@ -44,6 +44,21 @@ class Outcome:
     run: RunRecord
     run_id: int | None
     device: dict | None = None  # the device's record, for runs on ADB devices
+    accepted: bool = True  # False: an --until-stable repeat that a later repeat replaced
+
+
+def is_final(rec: RunRecord, until_stable: int) -> bool:
+    """Whether ``rec`` is the repeat ``--until-stable`` reports: failed, stable, or the last allowed."""
+    from ..bench.stability import assess_run
+
+    return rec.status != "ok" or assess_run(rec).stable or int(rec.extra.get("repeat", 1)) >= until_stable
+
+
+def _label_run(rec: RunRecord, tag: str | None, manifest: dict) -> None:
+    """What every stored run carries for ``compare``: its tag and the build's tool versions."""
+    rec.tag = tag
+    if manifest.get("tools"):
+        rec.extra.setdefault("tools", manifest["tools"])
 
 
 def read_manifest(folder: str | Path) -> tuple[dict, str]:
@@ -176,7 +191,7 @@ def ensure_artifacts(name: str, out: str | Path, weights: str | None, runtimes: 
 
 def _bench_host(targets: list[Target], *, runs: int, warmup: int, threads: int, core: int | None,
                 on_result: Callable[[Target, RunRecord], None],
-                on_progress: Callable[[Target, str, int, int], None] | None) -> None:
+                on_progress: Callable[[Target, str, int, int], None] | None, until_stable: int = 1) -> None:
     from ..bench.host import BenchJob, bench_host
 
     jobs = [BenchJob(path=str(t.file), runtime=t.runtime, precision=t.artifact.precision,
@@ -184,7 +199,8 @@ def _bench_host(targets: list[Target], *, runs: int, warmup: int, threads: int, 
             for t in targets]
     by_job = {id(j): t for j, t in zip(jobs, targets, strict=True)}
     bench_host(jobs, on_result=lambda j, rec: on_result(by_job[id(j)], rec),
-               on_progress=(lambda j, *a: on_progress(by_job[id(j)], *a)) if on_progress else None)
+               on_progress=(lambda j, *a: on_progress(by_job[id(j)], *a)) if on_progress else None,
+               until_stable=until_stable)
 
 
 def device_info(device: str) -> dict:
@@ -228,8 +244,10 @@ class _DeviceRecorder:
     """Stores what ADB devices (local or on a farm) report: a device row before its results, each
     result in its own transaction as it arrives."""
 
-    def __init__(self, store: Store | None, on_result: Callable[[Outcome], None] | None) -> None:
-        self.store, self.on_result = store, on_result
+    def __init__(self, store: Store | None, on_result: Callable[[Outcome], None] | None, opts: RemoteOptions,
+                 tag: str | None = None, manifest: dict | None = None) -> None:
+        self.store, self.on_result, self.opts = store, on_result, opts
+        self.tag, self.manifest = tag, manifest or {}
         self.infos: dict[str, dict] = {}
         self.ids: dict[str, int | None] = {}
         self.outcomes: list[Outcome] = []
@@ -241,8 +259,9 @@ class _DeviceRecorder:
     def result(self, serial: str, target: Target, rec: RunRecord) -> None:
         from ..bench.android import record_result
 
+        _label_run(rec, self.tag, self.manifest)
         run_id = record_result(self.store, self.ids[serial], target.artifact, rec) if self.store else None
-        self.outcomes.append(Outcome(target, rec, run_id, self.infos[serial]))
+        self.outcomes.append(Outcome(target, rec, run_id, self.infos[serial], is_final(rec, self.opts.until_stable)))
         if self.on_result:
             self.on_result(self.outcomes[-1])
 
@@ -256,10 +275,11 @@ class _DeviceRecorder:
 def _bench_remote(request: RemoteRequest, targets: list[Target], store: Store | None, opts: RemoteOptions,
                   on_result: Callable[[Outcome], None] | None,
                   on_progress: Callable[[Target, str, int, int], None] | None,
-                  warn: Callable[[str], None] | None) -> tuple[dict, list[Outcome]]:
+                  warn: Callable[[str], None] | None, tag: str | None = None,
+                  manifest: dict | None = None) -> tuple[dict, list[Outcome]]:
     from ..bench.android import bench_remote
 
-    rec = _DeviceRecorder(store, on_result)
+    rec = _DeviceRecorder(store, on_result, opts, tag, manifest)
     bench_remote(targets, request.plans, opts, adb=request.adb, on_device=rec.device, on_result=rec.result,
                  on_progress=_device_progress(on_progress), warn=warn)
     return rec.summary([p.serial for p in request.plans])
@@ -281,7 +301,8 @@ class FarmRequest:
 def _bench_farm(request: FarmRequest, targets: list[Target], store: Store | None, opts: RemoteOptions,
                 on_result: Callable[[Outcome], None] | None,
                 on_progress: Callable[[Target, str, int, int], None] | None,
-                warn: Callable[[str], None] | None) -> tuple[dict, list[Outcome]]:
+                warn: Callable[[str], None] | None, tag: str | None = None,
+                manifest: dict | None = None) -> tuple[dict, list[Outcome]]:
     from ..bench.farm import bench_farm
     from ..store import RunRecord, now_iso
 
@@ -289,7 +310,7 @@ def _bench_farm(request: FarmRequest, targets: list[Target], store: Store | None
         return RunRecord(runtime=target.runtime, status="failed", runs_requested=opts.runs, warmup=opts.warmup,
                          threads=opts.threads, error=error, finished_at=now_iso())
 
-    rec = _DeviceRecorder(store, on_result)
+    rec = _DeviceRecorder(store, on_result, opts, tag, manifest)
     bench_farm(request.ray, targets, request.devices, opts, on_device=rec.device, on_result=rec.result,
                on_progress=_device_progress(on_progress), warn=warn, failed_record=failed)
     return rec.summary([d["serial"] for d in request.devices])
@@ -305,11 +326,14 @@ def run_bench(name: str | None, device: str = "host", *, runtimes: Sequence[str]
               warn: Callable[[str], None] | None = None, serials: Sequence[str] = (),
               cores: str | None = None, cooldown: float | None = None, runner: str | None = None,
               timeout: float = 3600.0, reconnect_timeout: float = 30.0, adb: Adb | None = None,
+              tag: str | None = None, until_stable: int = 1,
               farm: str | None = None, token_file: str | Path | None = None, model_pattern: str | None = None,
               _farm: FarmRequest | None = None) -> tuple[dict, list[Outcome]]:
     """Benchmark the artifacts of ``name`` (or of the ``artifacts`` folder) on ``device``: ``host``,
     ``android``/``board`` (every attached ADB device, or ``serials``) or a profile name.
-    Each result goes to ``store`` in its own transaction as soon as it exists.
+    Each result goes to ``store`` in its own transaction as soon as it exists, labelled ``tag``.
+    ``until_stable`` > 1 repeats an artifact until its verdict is stable (every repeat stored; the
+    ones replaced by a later repeat are outcomes with ``accepted`` False).
     With ``farm`` (HOST:PORT of an ``edgeconv farm head``), the devices are those of the farm's
     nodes (``serials``, ``model_pattern``, ``device`` kind or profile choose among them).
     Returns (device info, outcomes); failed artifacts are outcomes with status 'failed'."""
@@ -328,11 +352,14 @@ def run_bench(name: str | None, device: str = "host", *, runtimes: Sequence[str]
                              threads=threads, artifacts=artifacts, out=out, weights=weights, store=store,
                              on_start=on_start, on_result=on_result, on_progress=on_progress, warn=warn,
                              cores=cores, cooldown=cooldown, runner=runner, timeout=timeout,
-                             reconnect_timeout=reconnect_timeout, _farm=FarmRequest(ray, chosen))
+                             reconnect_timeout=reconnect_timeout, tag=tag, until_stable=until_stable,
+                             _farm=FarmRequest(ray, chosen))
     if runs < 1 or warmup < 0 or threads < 1:
         raise UsageError("--runs and --threads must be at least 1, --warmup at least 0")
     if cooldown is not None and cooldown < 0 or timeout <= 0:
         raise UsageError("--cooldown must be at least 0 and --timeout more than 0")
+    if until_stable < 1:
+        raise UsageError("--until-stable must be at least 1")
     request: RemoteRequest | None = None
     if device == "host":
         if serials or cores or cooldown is not None or runner:
@@ -364,29 +391,31 @@ def run_bench(name: str | None, device: str = "host", *, runtimes: Sequence[str]
         from ..bench.android import RemoteOptions
 
         opts = RemoteOptions(runs=runs, warmup=warmup, threads=threads, cores=cores, cooldown=cooldown,
-                             runner=runner, timeout_s=timeout, reconnect_timeout_s=reconnect_timeout)
+                             runner=runner, timeout_s=timeout, reconnect_timeout_s=reconnect_timeout,
+                             until_stable=until_stable)
         if _farm is not None:
             if on_start:
                 on_start(targets * len(_farm.devices))
             return _bench_farm(_farm, targets, store, opts, on_result=on_result, on_progress=on_progress,
-                               warn=warn)
+                               warn=warn, tag=tag, manifest=manifest)
         if on_start:
             on_start(targets * len(request.plans))
         return _bench_remote(request, targets, store, opts, on_result=on_result, on_progress=on_progress,
-                             warn=warn)
+                             warn=warn, tag=tag, manifest=manifest)
     device_id = store.upsert_device(info) if store else None
     if on_start:
         on_start(targets)
     outcomes: list[Outcome] = []
 
     def record(target: Target, rec: RunRecord) -> None:
+        _label_run(rec, tag, manifest)
         run_id = store.record_run(device_id, target.artifact, rec) if store else None
-        outcomes.append(Outcome(target, rec, run_id))
+        outcomes.append(Outcome(target, rec, run_id, accepted=is_final(rec, until_stable)))
         if on_result:
             on_result(outcomes[-1])
 
     _bench_host(targets, runs=runs, warmup=warmup, threads=threads, core=core, on_result=record,
-                on_progress=on_progress)
+                on_progress=on_progress, until_stable=until_stable)
     return info, outcomes
 
 
@@ -397,6 +426,7 @@ def outcome_label(o: Outcome) -> str:
 
 def failure_summary(outcomes: Sequence[Outcome]) -> str | None:
     """One line for the exit error when some benchmarks failed (their rows are already stored)."""
+    outcomes = [o for o in outcomes if o.accepted]
     failed = [o for o in outcomes if o.run.status != "ok"]
     if not failed:
         return None
@@ -407,9 +437,11 @@ def failure_summary(outcomes: Sequence[Outcome]) -> str | None:
 def outcome_row(o: Outcome) -> dict:
     """Flat, JSON-able summary of one outcome (what the table and --json show). Runs measured by
     benchmark_model carry only its aggregates (no p90/p99)."""
+    from ..bench.stability import assess_run
     from ..bench.stats import TimingStats, summarize
 
     r, a = o.run, o.target.artifact
+    verdict = assess_run(r) if r.status == "ok" else None
     stats = dict.fromkeys(TimingStats.__dataclass_fields__)  # same keys, null, for a failed run
     if r.timings_ns:
         stats = summarize(r.timings_ns).as_ms()
@@ -422,4 +454,7 @@ def outcome_row(o: Outcome) -> dict:
             "error": r.error, "run_id": o.run_id, "threads": r.threads, "cores": r.cores,
             **{f"{k}_ms" if k != "count" else "runs": v for k, v in stats.items()},
             "init_ms": r.init_ms, "first_ms": r.first_ms, "harness_overhead_ns": r.harness_overhead_ns,
-            "temp_before_c": r.temp_before_c, "temp_after_c": r.temp_after_c}
+            "temp_before_c": r.temp_before_c, "temp_after_c": r.temp_after_c,
+            "verdict": verdict.status if verdict else None, "verdict_reasons": list(verdict.reasons) if verdict else [],
+            "mem_mb": r.mem_mb, "import_rss_mb": r.import_rss_mb, "peak_rss_mb": r.peak_rss_mb, "tag": r.tag,
+            "repeat": r.extra.get("repeat"), "accepted": o.accepted}

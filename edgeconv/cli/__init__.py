@@ -13,6 +13,7 @@ from .accuracy import check_cmd, eval_cmd
 from .bench import bench, devices
 from .build import build_cmd
 from .common import CONTEXT, Group
+from .compare import compare_cmd
 from .farm import farm_cmd
 from .models import models_cmd
 from .recipe import recipe_cmd
@@ -29,10 +30,12 @@ def cli() -> None:
       edgeconv models                         # the zoo: TinyNet-A..E, EfficientNet B0..B7, B-1..B-4, Lite0..4
       edgeconv build tinynet-e                # ONNX, TFLite, OpenVINO; fp32/fp16/dynamic/int8; parity checked
       edgeconv bench tinynet-e --device host  # 1-thread, 1000-run latency
+      edgeconv compare --baseline main --candidate pr  # CI gate between two bench/eval --tag runs
     """
 
 
-for command in (models_cmd, recipe_cmd, build_cmd, eval_cmd, check_cmd, devices, bench, farm_cmd, results, report):
+for command in (models_cmd, recipe_cmd, build_cmd, eval_cmd, check_cmd, devices, bench, farm_cmd, results, report,
+                compare_cmd):
     cli.add_command(command)
 
 

@@ -23,6 +23,7 @@ from .common import (
     precisions_option,
     progress_printer,
     quiet_option,
+    tag_option,
     weights_option,
 )
 
@@ -41,7 +42,7 @@ def _common_options(f):
         calib_options, formats_option, precisions_option,
         click.option("--threads", default=2, show_default=True, type=click.IntRange(1, MAX_THREADS),
                      help="Threads per runtime while evaluating."),
-        db_option, json_option, quiet_option,
+        db_option, json_option, quiet_option, tag_option,
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -96,7 +97,8 @@ def _table(ev, gate=None):
 @click.command("eval", cls=Command, interrupted=SAVED)
 @click.argument("name")
 @_common_options
-def eval_cmd(name, weights, out, data, limit, calib, calib_size, formats, precisions, threads, db, as_json, quiet):
+def eval_cmd(name, weights, out, data, limit, calib, calib_size, formats, precisions, threads, db, as_json, quiet,
+             tag):
     """Top-1/top-5 of every artifact of NAME (PyTorch fp32, ONNX, TFLite fp32/fp16/dynamic/int8,
     OpenVINO fp32/fp16/int8) on labelled images, and each one's agreement with PyTorch. Missing
     artifacts are built first. Results go to the results database (see edgeconv report)."""
@@ -104,7 +106,8 @@ def eval_cmd(name, weights, out, data, limit, calib, calib_size, formats, precis
 
     with library_output_to_stderr():
         ev = evaluate(name, data, weights=weights, out=out, limit=limit, calib=calib, calib_size=calib_size,
-                      formats=formats, precisions=precisions, threads=threads, db=db, progress=_progress(quiet))
+                      formats=formats, precisions=precisions, threads=threads, db=db, progress=_progress(quiet),
+                      tag=tag)
     if as_json:
         echo_json(ev.to_dict())
         return
@@ -124,7 +127,7 @@ def eval_cmd(name, weights, out, data, limit, calib, calib_size, formats, precis
 @click.option("--latency-runs", default=200, show_default=True, type=click.IntRange(0, MAX_RUNS),
               help="Single-thread runs timing int8 vs the float-fallback artifact (0: do not time).")
 def check_cmd(name, weights, out, data, limit, calib, calib_size, formats, precisions, threads, db, as_json, quiet,
-              max_drop, junit, no_fallback, latency_runs):
+              tag, max_drop, junit, no_fallback, latency_runs):
     """Fail (exit 1) if any artifact's top-1 drops more than --max-drop points below PyTorch fp32.
 
     \b
@@ -146,7 +149,8 @@ def check_cmd(name, weights, out, data, limit, calib, calib_size, formats, preci
         with library_output_to_stderr():
             res = check(name, data, weights=weights, out=out, limit=limit, calib=calib, calib_size=calib_size,
                         formats=formats, precisions=precisions, max_drop=max_drop, fallback=not no_fallback,
-                        threads=threads, latency_runs=latency_runs, db=db, progress=_progress(quiet))
+                        threads=threads, latency_runs=latency_runs, db=db, progress=_progress(quiet),
+                        tag=tag)
     except BaseException as e:
         if junit:
             _junit_error(junit, name, e)

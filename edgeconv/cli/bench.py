@@ -18,6 +18,7 @@ from .common import (
     echo_json,
     json_option,
     out_option,
+    tag_option,
     warn,
     weights_option,
 )
@@ -46,16 +47,21 @@ class _Progress:
                             f"{phase}", completed=done, total=max(total, 1))
 
     def result(self, o: Outcome) -> None:
+        from ..bench.stability import assess_run
         from ..bench.stats import summarize
 
-        self.done += 1
-        head = f"[{self.done}/{self.total}] {outcome_label(o)}:"
+        self.done += o.accepted
+        head = f"[{self.done + (not o.accepted)}/{self.total}] {outcome_label(o)}:"
+        repeat = o.run.extra.get("repeat")
+        verdict = assess_run(o.run).status if o.run.status == "ok" else ""
+        then = (f", {verdict}: repeating" if not o.accepted else f", {verdict}") + \
+            (f" (repeat {repeat})" if repeat else "")
         if o.run.status == "ok" and o.run.timings_ns:
             st = summarize(o.run.timings_ns)
-            msg = f"{head} median {st.median / 1e6:.4g} ms over {st.count} runs (saved)"
+            msg = f"{head} median {st.median / 1e6:.4g} ms over {st.count} runs{then} (saved)"
         elif o.run.status == "ok":
             summary = o.run.extra["summary"]
-            msg = f"{head} mean {summary['mean_ms']:.4g} ms over {summary['count']} runs (saved)"
+            msg = f"{head} mean {summary['mean_ms']:.4g} ms over {summary['count']} runs{then} (saved)"
         else:
             msg = f"{head} FAILED: {o.run.error}"
         if self.bar is not None:
@@ -106,6 +112,11 @@ class _Progress:
               help="ADB devices: longest run of one artifact (benchmark_model's --max_secs).")
 @click.option("--artifacts", "artifacts", metavar="DIR",
               help="Benchmark this build folder (with manifest.json) instead of building NAME.")
+@click.option("--until-stable", "until_stable", type=click.IntRange(1, 100), is_flag=False, flag_value=5,
+              default=1, metavar="[MAX]",
+              help="Measure each artifact again (up to MAX times, 5 without a number) until its verdict "
+              "is stable; every repeat is saved, the accepted one is shown.")
+@tag_option
 @out_option
 @weights_option
 @db_option
@@ -114,7 +125,8 @@ def bench(name: str | None, device: str | None, farm: str | None, token_file: st
           model_pattern: str | None, serials: tuple[str, ...], runtime: str | None,
           precisions: str | None, runs: int, warmup: int, threads: int, core: int | None,
           cores: str | None, cooldown: float | None, runner: str | None, timeout: float,
-          artifacts: str | None, out: str, weights: str | None, db: str | None, as_json: bool) -> None:
+          artifacts: str | None, until_stable: int, tag: str | None, out: str, weights: str | None,
+          db: str | None, as_json: bool) -> None:
     """Latency of NAME's artifacts: batch 1, --runs timed runs after --warmup, each runtime in its
     own process. Results are saved to the results database one by one as they are measured."""
     from ..store import Store
@@ -132,12 +144,13 @@ def bench(name: str | None, device: str | None, farm: str | None, token_file: st
                                        out=out, weights=weights, store=store, warn=warn,
                                        on_start=progress.start, on_result=progress.result,
                                        on_progress=progress.progress, serials=serials, cores=cores,
-                                       cooldown=cooldown, runner=runner, timeout=timeout, farm=farm,
-                                       token_file=token_file, model_pattern=model_pattern)
+                                       cooldown=cooldown, runner=runner, timeout=timeout, tag=tag,
+                                       until_stable=until_stable, farm=farm, token_file=token_file,
+                                       model_pattern=model_pattern)
         finally:
             progress.stop()
         db_path = str(store.path)
-    rows = [outcome_row(o) for o in outcomes]
+    rows = [outcome_row(o) for o in outcomes if o.accepted]
     model = outcomes[0].target.artifact.model
     if as_json:
         echo_json({"model": model, "device": info, "db": db_path, "results": rows})
@@ -147,18 +160,27 @@ def bench(name: str | None, device: str | None, farm: str | None, token_file: st
         for serial in dict.fromkeys(r["serial"] for r in rows):
             one = next(o.device for o in outcomes if o.device and o.device.get("serial") == serial)
             _print_bench_table(model, one, [r for r in rows if r["serial"] == serial], threads, db_path)
+    for o, r in zip([o for o in outcomes if o.accepted], rows, strict=True):
+        if r["verdict"] not in (None, "stable"):
+            hint = "" if until_stable > 1 else "; --until-stable N repeats it until it is"
+            advice = f"stop other jobs on core(s) {r['cores']} or pick an idle one with --core" \
+                if device == "host" else "let the device cool down, close other apps"
+            warn(f"{outcome_label(o)} is {r['verdict']}: {'; '.join(r['verdict_reasons'])} (its figures may "
+                 f"not be trustworthy: {advice}{hint})")
     if (summary := failure_summary(outcomes)) is not None:
         raise UserError(summary)
 
 
 def _print_bench_table(model: str, info: dict, rows: list[dict], threads: int, db_path: str) -> None:
-    from ..report import fmt_bytes, fmt_ms, rich_table
+    from ..report import fmt_bytes, fmt_mb, fmt_ms, rich_table
 
     cols = [("runtime", "runtime", str), ("precision", "precision", str), ("size_bytes", "size", fmt_bytes)]
     cols += [(f"{k}_ms", k, fmt_ms)
              for k in ("mean", "median", "p90", "p99", "min", "std")]
     cols += [("runs", "runs", lambda v: "-" if v is None else str(v)), ("init_ms", "init ms", fmt_ms),
-             ("first_ms", "first ms", fmt_ms), ("status", "status", str)]
+             ("first_ms", "first ms", fmt_ms), ("mem_mb", "mem MB", fmt_mb),
+             ("import_rss_mb", "import MB", fmt_mb), ("status", "status", str),
+             ("verdict", "verdict", lambda v: "-" if v is None else str(v))]
     cores = next((r["cores"] for r in rows if r.get("cores")), "?")
     where = f"{info.get('name')} ({info.get('cpu_model')})"
     if info.get("kind") != "host":

@@ -122,6 +122,11 @@ def db_option(f):
                         help="Results database (default: $EDGECONV_DB or the user data folder).")(f)
 
 
+def tag_option(f):
+    return click.option("--tag", metavar="NAME", help="Label the stored results NAME (what `edgeconv compare "
+                        "--baseline/--candidate` finds them by), e.g. main, pr-123, ort-1.20.")(f)
+
+
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of a table.")(f)
 

@@ -33,15 +33,16 @@ def _emit(rows: list[dict], columns, fields: Sequence[str], fmt: str, title: str
 @click.option("--device", help="Only this device (kind, name or serial).")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(0, MAX_ROWS),
               help="Newest N runs (0: all).")
+@click.option("--tag", metavar="NAME", help="Only runs saved with bench --tag NAME.")
 @_output_format
 @db_option
-def results(models: str | None, device: str | None, limit: int, fmt: str, db: str | None) -> None:
+def results(models: str | None, device: str | None, limit: int, tag: str | None, fmt: str, db: str | None) -> None:
     """Every stored benchmark run, newest first."""
     from ..report import RESULTS_COLUMNS, results_rows
     from ..store import RUN_FIELDS, Store
 
     with Store(db, must_exist=True) as store:
-        rows = results_rows(store, split(models), device, limit or None)
+        rows = results_rows(store, split(models), device, limit or None, tag)
         path = store.path
     if not rows and fmt == "table":
         click.echo(f"no benchmark results in {path}", err=True)
@@ -57,16 +58,17 @@ def results(models: str | None, device: str | None, limit: int, fmt: str, db: st
 @click.option("--markdown", "fmt", flag_value="markdown", help="Print a Markdown table.")
 @_output_format
 @click.option("--plot", metavar="FILE", help="Also draw latency vs top-1 (measured, else published) to FILE.png/.svg.")
+@click.option("--tag", metavar="NAME", help="Only results saved with bench/eval --tag NAME.")
 @db_option
 def report(models: str | None, device: str | None, threads: int, fmt: str, plot: str | None,
-           db: str | None) -> None:
+           tag: str | None, db: str | None) -> None:
     """Compare models: one row per model/format/precision/device from its latest successful run,
     with top-1 where an accuracy result exists."""
     from ..report import REPORT_COLUMNS, REPORT_FIELDS, plot_pareto, report_rows
     from ..store import Store
 
     with Store(db, must_exist=True) as store:
-        rows = report_rows(store, split(models), device, threads)
+        rows = report_rows(store, split(models), device, threads, tag)
         path = store.path
     if plot:
         n = len(plot_pareto(rows, plot))
@@ -76,3 +78,8 @@ def report(models: str | None, device: str | None, threads: int, fmt: str, plot:
         return
     plural = "s" if threads > 1 else ""
     _emit(rows, REPORT_COLUMNS, REPORT_FIELDS, fmt, f"edgeconv report ({threads} thread{plural})")
+    if fmt in ("table", "markdown"):
+        for r in rows:
+            if r.get("verdict") not in (None, "stable"):
+                click.echo(f"(!) {r['model']} {r['format']}/{r['precision']} on {r['device']}: {r['verdict']}: "
+                           f"{'; '.join(r.get('verdict_reasons') or [])} (run {r['run_id']})", err=True)
