@@ -47,7 +47,8 @@ DEFAULT_CACHE = REPO / "build" / "arm64-board"
 ENV_CACHE = "EDGECONV_ARM64_BOARD"  # overrides DEFAULT_CACHE
 SUITE = "bookworm"  # the Debian release of the userland (glibc 2.36, Python 3.11)
 GLIBC_MINOR = 36
-PACKAGES = ("python3.11", "dash", "bash", "coreutils", "util-linux", "libstdc++6", "libgcc-s1")
+PACKAGES = ("python3.11", "dash", "bash", "coreutils", "util-linux", "grep", "sed", "findutils",
+            "libstdc++6", "libgcc-s1")
 SITE_PACKAGES = "usr/local/lib/python3.11/dist-packages"  # on Debian's sys.path, empty otherwise
 SITES: dict[str, tuple[str, ...]] = {
     "litert": ("numpy", "ai-edge-litert"),
@@ -218,12 +219,12 @@ def unpack_wheel(wheel: Path, site: Path) -> None:
             target.chmod(mode if mode else 0o644)
 
 
-def _site_of(folder: Path, name: str) -> Path:
+def site_of(folder: Path, name: str) -> Path:
     return folder / "root" / SITE_PACKAGES if name == MAIN_SITE else folder / "sites" / name
 
 
 def build_site(folder: Path, name: str, work: Path) -> dict[str, list[str]]:
-    site = _site_of(folder, name)
+    site = site_of(folder, name)
     wheels = fetch_wheels(SITES[name], work / "wheels" / name)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder))
     for wheel in wheels:
@@ -274,6 +275,9 @@ def build(sites: tuple[str, ...] = DEFAULT_SITES, cache: Path | None = None, log
             if folder.exists():  # a stale, unfinished folder of the same key
                 shutil.rmtree(folder)
             os.replace(partial, folder)
+            for old in cache.iterdir():  # boards of an older recipe: 300 MB each
+                if old != folder and (old / "manifest.json").is_file():
+                    shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         log(f"arm64 board: built {folder} in {manifest['built_s']} s")
@@ -304,7 +308,7 @@ def board_env() -> dict[str, str]:
 
 
 def check(folder: Path, site: str = MAIN_SITE) -> str:
-    binds = [] if site == MAIN_SITE else [(str(_site_of(folder, site)), "/" + SITE_PACKAGES)]
+    binds = [] if site == MAIN_SITE else [(str(site_of(folder, site)), "/" + SITE_PACKAGES)]
     code = ("import platform, sys, numpy; print(platform.machine(), sys.version.split()[0], "
             "'numpy', numpy.__version__)")
     result = _run([*proot_argv(folder / "root", binds), "/usr/bin/python3", "-c", code],

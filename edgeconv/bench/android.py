@@ -53,6 +53,7 @@ from ..devices import (
     compatible_abis,
     cpu_list,
     describe_clusters,
+    detect_emulation,
     elf_abi,
     load_profiles,
     match_profile,
@@ -91,6 +92,10 @@ done
 for z in /sys/class/thermal/thermal_zone*; do
   [ -r "$z/temp" ] && echo "zone $z/temp $(cat "$z/type" 2>/dev/null | tr ' ' _)"
 done
+echo "sh_elf=$(od -A n -t x1 -N 20 "$(command -v sh)" 2>/dev/null | tr -d ' \n')"
+while IFS= read -r line; do
+  case "$line" in vendor_id*|"CPU implementer"*|"CPU architecture"*|isa*) echo "cpuinfo=$line";; esac
+done 2>/dev/null < /proc/cpuinfo
 exit 0
 """
 # Reads each file given as an argument: one line per file, "-" when unreadable.
@@ -132,6 +137,7 @@ class Facts:
     zones: list[tuple[str, str]]  # (temperature file, zone type)
     os_release: str | None = None
     dt_model: str | None = None
+    emulation: str | None = None  # why this is not real hardware (devices.detect_emulation)
 
     @property
     def abi(self) -> str | None:
@@ -162,13 +168,14 @@ class Facts:
             "brand": p.get("ro.product.brand"), "abilist": p.get("ro.product.cpu.abilist"),
             "fingerprint": p.get("ro.build.fingerprint"), "hw_serial": p.get("ro.serialno"),
             "machine": self.machine, "profile": profile.name if profile else None,
+            "emulation": self.emulation,
             "transport": "tcp" if re.fullmatch(r".+:\d+", self.serial) else "usb",
         }
         return {
             "kind": self.kind, "name": p.get("ro.product.model") or self.dt_model or self.serial,
             "serial": self.serial, "cpu_model": cpu_model, "cores": len(self.cpus) or None,
             "kernel": self.kernel, "governor": fastest.governor if fastest else None, "soc": soc,
-            "abi": self.abi, "os_version": os_version,
+            "abi": self.abi, "os_version": os_version, "emulated": self.emulation is not None,
             **{k: v for k, v in extra.items() if v not in (None, "")},
         }
 
@@ -193,9 +200,13 @@ def probe(adb: Adb, serial: str) -> Facts:
         if values.get("dt_model"):
             props["ro.product.model"] = values["dt_model"].strip()
     zones = [(m[0], m[1]) for m in re.findall(r"^zone (\S+) ?(\S*)$", text, re.M)]
+    elf_hex = next(iter(re.findall(r"^sh_elf=([0-9a-fA-F]*)$", text, re.M)), "")
+    emulation = detect_emulation(props, machine, bytes.fromhex(elf_hex[:40]) if len(elf_hex) >= 40 else None,
+                                 re.findall(r"^cpuinfo=(.*)$", text, re.M))
     return Facts(serial=serial, kind=kind, props=props, cpus=parse_cpus(text),
                  kernel=values.get("kernel") or None, machine=machine, zones=zones,
-                 os_release=values.get("os") or None, dt_model=values.get("dt_model") or None)
+                 os_release=values.get("os") or None, dt_model=values.get("dt_model") or None,
+                 emulation=emulation)
 
 
 def parse_temperature(text: str) -> float | None:
