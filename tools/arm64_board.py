@@ -302,9 +302,11 @@ def proot_argv(root: Path, binds: list[tuple[str, str]] = (), cwd: str = "/") ->
     return argv
 
 
+QEMU_CPU = "cortex-a76"  # QEMU's default "max" CPU makes LiteRT's int8 kernels go wrong (see adb_emulator)
+
+
 def board_env() -> dict[str, str]:
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
-            "PROOT_NO_SECCOMP": os.environ.get("PROOT_NO_SECCOMP", "0")}
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8", "QEMU_CPU": QEMU_CPU}
 
 
 def check(folder: Path, site: str = MAIN_SITE) -> str:

@@ -63,6 +63,7 @@ from ..devices import (
 from ..errors import UserError
 from ..store import ArtifactRecord, RunRecord, Store, now_iso
 from ..util import sha256_file
+from . import parity
 from .adb import Adb, AdbError
 from .parsers import TRUNCATED, parse_benchmark_app, parse_benchmark_model
 
@@ -425,6 +426,7 @@ class DeviceSession:
         self.idle_c: float | None = None
         self.benchmarked = 0
         self.last: dict[str, Any] = {}
+        self.references: dict[str, parity.HostReference | str] = {}  # file -> host outputs or why not
 
     # -- setup --
     @property
@@ -558,11 +560,64 @@ class DeviceSession:
             files.append((local.with_suffix(".bin"), stem + ".bin"))
         return files
 
+    def reference(self, target: Any) -> parity.HostReference | str:
+        """The host's outputs of the parity inputs for this artifact (once), or why there are none."""
+        key = str(target.file)
+        if key not in self.references:
+            try:
+                if not (target.manifest or {}).get("input", {}).get("preprocess"):
+                    raise UserError("its build has no manifest with the recipe (preprocessing)")
+                self.references[key] = parity.host_reference(target.file, target.runtime, target.manifest)
+            except (UserError, ImportError, OSError, ValueError, RuntimeError) as e:
+                self.references[key] = f"the host could not compute its own outputs: {str(e)[:200]}"
+        return self.references[key]
+
+    def parity_files(self, target: Any, runner: Runner) -> tuple[list[tuple[Path, str]], list[str], str | None]:
+        """(files to push, runner flags, device output file) of the output parity check; no flags
+        and a reason in ``self.last["parity"]`` when this runner cannot be checked."""
+        if runner.kind != "python":
+            self.last["parity"] = parity.not_checked(parity.NOT_CHECKED[runner.protocol])
+            return [], [], None
+        ref = self.reference(target)
+        if isinstance(ref, str):
+            self.last["parity"] = parity.not_checked(ref)
+            return [], [], None
+        art = target.artifact
+        assert self.zip_path is not None
+        local = self.zip_path.parent / f"parity-{art.model}-{art.resolution}.npy"
+        if not local.exists():
+            import numpy as np
+
+            np.save(local, ref.inputs)
+        remote_in = f"{self.workdir}/parity/{art.model}-{art.resolution}-inputs.npy"
+        remote_out = f"{self.workdir}/parity/{art.model}-{art.precision}-outputs.npy"
+        return [(local, remote_in)], [f"--parity_inputs={remote_in}", f"--parity_outputs={remote_out}"], remote_out
+
+    def check_outputs(self, target: Any, remote_out: str, version: str | None) -> dict[str, Any]:
+        """Pull the device's outputs and compare them with the host's."""
+        import numpy as np
+
+        ref = self.reference(target)
+        assert not isinstance(ref, str) and self.zip_path is not None
+        local = self.zip_path.parent / f"outputs-{self.serial.replace(':', '_')}.npy"
+        self.adb.pull(self.serial, remote_out, local)
+        try:
+            device = np.load(local, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            return {"status": "differs", "inputs": len(ref.inputs),
+                    "reason": f"the device's output file is unreadable ({str(e)[:120]})"}
+        finally:
+            local.unlink(missing_ok=True)
+        return parity.compare(device, ref, target.artifact.precision, version)
+
     def attempt(self, target: Any) -> dict[str, Any]:
         """Push, cool down, run, check: the RunRecord fields of one successful run."""
         runner = self.runner(target.runtime)
         models = self.model_files(target)
-        pushed = self.sync([*runner.push, *models])
+        check_push, check_flags, remote_out = self.parity_files(target, runner)
+        pushed = self.sync([*runner.push, *models, *check_push])
+        if remote_out:
+            self.adb.shell(self.serial, ["rm", "-f", remote_out], check=True)  # never a stale answer
         if runner.kind == "binary":
             self.adb.shell(self.serial, ["chmod", "755", runner.command[0]], check=True)
         self.emit("progress", target=target, phase="cooldown")
@@ -571,7 +626,7 @@ class DeviceSession:
         self.emit("progress", target=target, phase="run")
         extra_args = self.profile.runner_args.get(target.runtime, ()) if self.profile else ()
         argv = ["sh", "-c", MERGED_SCRIPT, "sh", "taskset", self.mask, *runner.command,
-                *runner_flags(runner, models[0][1], self.opts, extra_args)]
+                *runner_flags(runner, models[0][1], self.opts, extra_args), *check_flags]
         t0 = time.monotonic()
         result = self.adb.shell(self.serial, argv, timeout=self.opts.timeout_s + RUN_SLACK_S)
         wall = time.monotonic() - t0
@@ -580,6 +635,8 @@ class DeviceSession:
         self.last["raw_log"] = _TIMINGS.sub("INFO: Per-run timings in ns: (stored as timings)", log)[-LOG_LIMIT:]
         self.last["temp_after_c"] = self.temperature()
         fields = read_report(runner, log, result.exit_code, self.opts)
+        if remote_out:
+            self.last["parity"] = self.check_outputs(target, remote_out, fields.get("runtime_version"))
         extra = {"runner": runner.label, "command": " ".join(argv[4:]), "mask": self.mask, "pushed": pushed,
                  "wall_s": round(wall, 3), **cooling,
                  **{k: fields.pop(k) for k in ("summary", "memory_mb", "warmup_avg_ms", "warning") if k in fields}}
@@ -621,7 +678,7 @@ class DeviceSession:
                          warmup=self.opts.warmup, threads=self.opts.threads, error=error,
                          started_at=started, finished_at=now_iso(),
                          cores=cpu_list(self.cores) if self.cores else None,
-                         extra={"serial": self.serial}, **self.last)
+                         extra={"serial": self.serial}, **{k: v for k, v in self.last.items() if k != "parity"})
 
     def run(self, targets: Sequence[Any]) -> None:
         """The worker: set up, then every target; every outcome goes out through ``emit``."""
