@@ -32,7 +32,9 @@ makes the device's TFLite runtime return one wrong logit (a ``sitecustomize`` in
 ``arm64_cpu`` is the CPU QEMU emulates (``QEMU_CPU``), a Cortex-A76 by default: with QEMU 7.2's
 default ``max`` CPU (every optional extension on), LiteRT's int8 kernels return logits far from
 the x86 host's (top-1 agreement 1 of 8 on tinynet-e), while cortex-a72/a76/neoverse-n1 give
-bit-identical ones - found by the output parity check.
+bit-identical ones - found by the output parity check. ``arm64_sysfs="host"`` shows the host's
+own ``/sys`` instead of the fake 8-core tree: OpenVINO's CPU plugin (2026.4) aborts (``free():
+invalid next size``) when /sys describes more CPUs than the process may use.
 
 Only loopback is ever used: the listener binds 127.0.0.1 and :class:`IsolatedAdbServer` runs an adb
 server on its own port with mDNS discovery switched off, so nothing is sent to any other address.
@@ -461,6 +463,7 @@ class AdbDeviceEmulator:
         arm64: Path | None = None,
         arm64_site: str = "litert",
         arm64_cpu: str = "cortex-a76",
+        arm64_sysfs: str = "fake",
         corrupt_output: bool = False,
     ) -> None:
         self.props = {**DEFAULT_PROPS, **(props or {})}
@@ -489,6 +492,7 @@ class AdbDeviceEmulator:
         self.arm64 = Path(arm64) if arm64 is not None else None
         self.arm64_site = arm64_site
         self.arm64_cpu = arm64_cpu
+        self.arm64_sysfs = arm64_sysfs
         self.corrupt_output = corrupt_output
         if self.arm64 is None and corrupt_output:
             raise ValueError("corrupt_output needs arm64 mode")
@@ -634,7 +638,10 @@ class AdbDeviceEmulator:
         from tools.arm64_board import SITE_PACKAGES, proot_argv, site_of
 
         assert self.arm64 is not None
-        binds = [(str(self.root.joinpath(p.lstrip("/"))), p) for p in ARM64_BINDS]
+        binds = [(str(self.root.joinpath(p.lstrip("/"))), p) for p in ARM64_BINDS
+                 if p != "/sys" or self.arm64_sysfs == "fake"]
+        if self.arm64_sysfs == "host":
+            binds.append(("/sys", "/sys"))
         binds.append((str(self.state_dir / "dt_model"), "/proc/device-tree/model"))
         if self.arm64_site != "litert":
             binds.append((str(site_of(self.arm64, self.arm64_site)), "/" + SITE_PACKAGES))

@@ -45,7 +45,7 @@ def arm64_board() -> Path:
         pytest.skip(f"the arm64 board stand-in needs {', '.join(missing)} "
                     "(apt-get install proot qemu-user-static; .ci/run does)")
     try:
-        return builder.build(("litert", "tflite-runtime"), log=lambda m: None)
+        return builder.build(("litert", "tflite-runtime", "openvino"), log=lambda m: None)
     except builder.BoardError as e:
         pytest.fail(f"building the arm64 userland failed: {e}")
 
@@ -176,3 +176,31 @@ def test_a_broken_device_runtime_is_caught_by_the_parity_check(tinynet: Path, ar
     accepted = cli(adb_env, bench, *args, "--allow-mismatch", "--json")
     assert accepted.exit_code == 0, accepted.stderr
     assert json.loads(accepted.stdout)["results"][0]["parity"]["status"] == "differs"
+
+
+def test_openvino_ir_on_the_arm64_board(arm64_board: Path, make_adb_device: Callable[..., EmulatedDevice],
+                                       adb_env: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The aarch64 openvino wheel runs an IR in the stand-in (ARM CPU plugin, f32), when the board
+    shows its real /sys (see adb_emulator: the plugin aborts on the fake 8-core tree), and its
+    outputs match this host's."""
+    import subprocess
+    import sys
+
+    from tests.test_android_bench import MAKE_OV
+
+    folder = tmp_path / "toy"
+    (folder / "openvino").mkdir(parents=True)
+    subprocess.run([sys.executable, "-c", MAKE_OV, str(folder / "openvino" / "fp32.xml")], check=True, timeout=120)
+    (folder / "manifest.json").write_text(json.dumps({"schema": 1, "model": "toy", "resolution": 16, "input": {
+        "shape": [1, 3, 16, 16], "preprocess": {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
+                                                "crop_fraction": 0.875, "interpolation": "bicubic"}},
+        "artifacts": [{"format": "openvino", "precision": "fp32", "path": "openvino/fp32.xml"}]}))
+    dev = make_adb_device(arm64=arm64_board, arm64_site="openvino", arm64_sysfs="host")
+    r = cli(adb_env, bench, "--device", "board", "--serial", dev.serial, "--artifacts", str(folder), "--runtime",
+            "openvino", "--runner", "python", "--runs", "10", "--warmup", "1", "--cooldown", "0", "--json")
+    assert r.exit_code == 0, r.stderr
+    (res,) = json.loads(r.stdout)["results"]
+    assert (res["status"], res["runs"]) == ("ok", 10) and res["runtime_version"].startswith("openvino 2026.")
+    check = res["parity"]
+    assert (check["status"], check["inputs"], check["top1_agreement"]) == ("ok", 8, 1.0)
+    assert check["max_abs_diff"] <= 1e-3 * check["logit_range"]
