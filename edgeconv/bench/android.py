@@ -794,6 +794,7 @@ def list_devices(adb: Adb, serials: Sequence[str] = (), profiles: Sequence[Profi
             row.update(kind=info["kind"], model=info["name"], soc=info.get("cpu_model"),
                        os=info.get("os_version") or info.get("kernel"), abi=info.get("abi"),
                        clusters=info.get("clusters_text"), profile=profile.name if profile else None,
+                       emulated=info["emulated"], emulation=info.get("emulation"),
                        note=cluster_mismatch(profile, info["clusters"]) if profile else None)
         rows.append(row)
     return rows

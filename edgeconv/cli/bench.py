@@ -200,3 +200,5 @@ def devices(serials: tuple[str, ...], as_json: bool) -> None:
     for r in rows:
         if r.get("note"):
             warn(f"{r['serial']}: {r['note']}")
+        if r.get("emulated"):
+            warn(f"{r['serial']} is emulated ({r['emulation']}): its timings are not those of real hardware")
