@@ -29,7 +29,7 @@ tree), a fake ``/proc/device-tree/model``, and fake ``taskset``/``nproc`` (shell
 aarch64 dash) for the 8 fake cores. No getprop: the device is a board. ``arm64_site`` picks the
 Python runtime set the board has (``litert``, ``tflite-runtime``, ``openvino``). ``corrupt_output``
 makes the device's TFLite runtime return one wrong logit (a ``sitecustomize`` inside the board).
-``arm64_cpu`` is the CPU QEMU emulates (``QEMU_CPU``), a Cortex-A76 by default: with QEMU 7.2's
+``arm64_cpu`` is the CPU QEMU emulates (``QEMU_CPU``), a Cortex-A76 unless given: with QEMU 7.2's
 default ``max`` CPU (every optional extension on), LiteRT's int8 kernels return logits far from
 the x86 host's (top-1 agreement 1 of 8 on tinynet-e), while cortex-a72/a76/neoverse-n1 give
 bit-identical ones - found by the output parity check. ``arm64_sysfs="host"`` shows the host's
@@ -462,7 +462,7 @@ class AdbDeviceEmulator:
         free_bytes: int | None = None,
         arm64: Path | None = None,
         arm64_site: str = "litert",
-        arm64_cpu: str = "cortex-a76",
+        arm64_cpu: str | None = None,
         arm64_sysfs: str = "fake",
         corrupt_output: bool = False,
     ) -> None:
@@ -491,7 +491,7 @@ class AdbDeviceEmulator:
         self.refuse_connections = False
         self.arm64 = Path(arm64) if arm64 is not None else None
         self.arm64_site = arm64_site
-        self.arm64_cpu = arm64_cpu
+        self.arm64_cpu = arm64_cpu  # None: tools/arm64_board.py's QEMU_CPU
         self.arm64_sysfs = arm64_sysfs
         self.corrupt_output = corrupt_output
         if self.arm64 is None and corrupt_output:
@@ -650,9 +650,11 @@ class AdbDeviceEmulator:
         return proot_argv(self.arm64 / "root", binds)
 
     def arm64_env(self) -> dict[str, str]:
+        from tools.arm64_board import QEMU_CPU
+
         return {"PATH": f"{ARM64_TOOLS}:/usr/local/bin:/usr/bin:/bin", "HOME": "/var/tmp",
                 "TMPDIR": "/var/tmp", "LANG": "C.UTF-8", "EDGECONV_EMULATED_DEVICE": "1",
-                "QEMU_CPU": self.arm64_cpu}
+                "QEMU_CPU": self.arm64_cpu or QEMU_CPU}
 
     def _run_shell(self, stream: DeviceStream, command: str, v2: bool) -> None:
         """Run one command (or an interactive sh) and relay stdio per shell protocol v1 or v2."""
