@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 export EDGECONV_SAMPLE ?= $(SHARED)/data/imagenet-sample
 
-.PHONY: install test lint clean paper bench-build fixtures
+.PHONY: install test lint clean paper bench-build fixtures arm64-board
 
 install: $(BIN)/edgeconv
 
@@ -16,6 +16,11 @@ $(BIN)/edgeconv: pyproject.toml
 # a real trained swish+SE model for the accuracy gate: tinynet-e on scikit-learn's digits (~1 min)
 fixtures: install
 	$(BIN)/python tools/train_digits.py --out build/fixtures
+
+# the arm64 board stand-in (Debian arm64 userland + aarch64 wheels, run under proot + QEMU), cached
+# in build/arm64-board/<hash of its inputs>; the tests build it themselves when it is missing
+arm64-board: install
+	$(BIN)/python tools/arm64_board.py --check
 
 test: install fixtures
 	$(BIN)/pytest -q

@@ -382,7 +382,11 @@ def select_cores(selection: str, cpus: Sequence[Cpu]) -> tuple[list[int], str]:
 def elf_abi(path: str | Path) -> tuple[str | None, str] | None:
     """(ABI or None, machine name) of an ELF executable; None when the file is not ELF (a script)."""
     with open(path, "rb") as f:
-        head = f.read(20)
+        return elf_header_abi(f.read(20))
+
+
+def elf_header_abi(head: bytes) -> tuple[str | None, str] | None:
+    """:func:`elf_abi` of the first 20 bytes of a file."""
     if len(head) < 20 or head[:4] != b"\x7fELF":
         return None
     ei_class, little = head[4], head[5] == 1
@@ -397,3 +401,46 @@ def compatible_abis(primary: str | None, abilist: str | None) -> list[str]:
     if primary and primary not in abis:
         abis.insert(0, primary)
     return abis
+
+
+# ------------------------------------------------------------------------------------------------
+# emulation
+# ------------------------------------------------------------------------------------------------
+_FAMILY = {"arm64-v8a": "ARM", "armeabi-v7a": "ARM", "x86_64": "x86", "x86": "x86"}
+
+
+def cpuinfo_family(lines: Sequence[str]) -> str | None:
+    """The instruction set /proc/cpuinfo describes: x86 (``vendor_id``), ARM (``CPU implementer``,
+    ``CPU architecture``), RISC-V (``isa``); None when it says nothing we know."""
+    keys = {line.split(":", 1)[0].strip().lower() for line in lines if ":" in line}
+    if "vendor_id" in keys:
+        return "x86"
+    if keys & {"cpu implementer", "cpu architecture"}:
+        return "ARM"
+    if "isa" in keys:
+        return "RISC-V"
+    return None
+
+
+def detect_emulation(props: Mapping[str, str], machine: str | None, sh_elf: bytes | None,
+                     cpuinfo: Sequence[str]) -> str | None:
+    """Why a device is not real hardware running its own instructions, or None when nothing says
+    so: Android's emulator flag (``ro.kernel.qemu``/``ro.boot.qemu``), a shell binary of another
+    instruction set than the CPU that /proc/cpuinfo describes (user-mode emulation: QEMU), or an
+    ``uname -m`` that disagrees with the shell binary (a stand-in)."""
+    for prop in ("ro.kernel.qemu", "ro.boot.qemu"):
+        if props.get(prop, "").strip() == "1":
+            return f"Android emulator ({prop}=1)"
+    found = elf_header_abi(sh_elf) if sh_elf else None
+    if found is None:
+        return None
+    abi, elf_machine = found
+    sh_family = _FAMILY.get(abi or "", "RISC-V" if elf_machine == "riscv" else None)
+    cpu_family = cpuinfo_family(cpuinfo)
+    if sh_family and cpu_family and sh_family != cpu_family:
+        return (f"its shell is {elf_machine} code but /proc/cpuinfo describes an {cpu_family} CPU: "
+                "instruction-set emulation (e.g. QEMU user mode)")
+    uname_family = _FAMILY.get(UNAME_ABI.get(machine or "", ""))
+    if sh_family and uname_family and sh_family != uname_family:
+        return f"uname -m says {machine} but its shell is {elf_machine} code"
+    return None

@@ -75,20 +75,40 @@ def fmt_verdict(v: object) -> str:
 REPORT_FIELDS = ("model", "format", "precision", "device", "device_kind", "runtime", "runtime_version",
                  "threads", "size_mb", "top1_pct", "dataset", "median_ms", "p90_ms", "mean_ms", "runs",
                  "mem_mb", "import_rss_mb", "peak_rss_mb", "verdict", "verdict_reasons", "tag",
-                 "params", "macs", "run_id", "finished_at")
+                 "params", "macs", "run_id", "finished_at", "emulated",
+                 "parity", "parity_max_diff", "parity_top1", "parity_step")
+EMULATED_MARK = " (emulated)"  # appended to the device of every row measured on an emulated device
+
+
+def parity_text(row: dict) -> str:
+    """The on-device output check in a few words: ``ok: top-1 100%, max diff 0.0039 (1 step)``."""
+    status = row.get("parity")
+    if status is None:
+        return "-"
+    if status == "not checked":
+        return "not checked"
+    head = "output differs from host" if status == "differs" else "ok"
+    top1, diff, step = row.get("parity_top1"), row.get("parity_max_diff"), row.get("parity_step")
+    parts = [f"top-1 {100 * top1:.0f}%" if top1 is not None else None,
+             f"max diff {diff:.2g}" + (f" ({diff / step:.3g} steps)" if step and diff is not None else "")
+             if diff is not None else None]
+    return f"{head}: {', '.join(p for p in parts if p)}"
+
+
 RESULTS_COLUMNS: list[Column] = [
     ("run_id", "id", _text), ("finished_at", "finished (UTC)", lambda v: _text(v)[:19].replace("T", " ")),
     ("device", "device", _text), ("model", "model", _text), ("format", "format", _text),
     ("precision", "precision", _text), ("runtime", "runtime", _text), ("threads", "threads", _text),
     ("status", "status", _text), ("median_ms", "median ms", fmt_ms), ("p90_ms", "p90 ms", fmt_ms),
     ("runs_actual", "runs", _text), ("mem_mb", "mem MB", fmt_mb), ("verdict", "verdict", fmt_verdict),
-    ("tag", "tag", _text), ("error", "error", lambda v: "" if v is None else str(v)),
+    ("parity", "output vs host", _text), ("tag", "tag", _text),
+    ("error", "error", lambda v: "" if v is None else str(v)),
 ]
 REPORT_COLUMNS: list[Column] = [
     ("model", "model", _text), ("format", "format", _text), ("precision", "precision", _text),
     ("device", "device", _text), ("size_mb", "size MB", fmt_mb), ("top1_pct", "top-1 %", _fmt(".1f")),
     ("median_ms", "median ms", fmt_ms), ("p90_ms", "p90 ms", fmt_ms), ("runs", "runs", _text),
-    ("mem_mb", "mem MB", fmt_mb), ("verdict", "verdict", fmt_verdict),
+    ("mem_mb", "mem MB", fmt_mb), ("verdict", "verdict", fmt_verdict), ("parity", "output vs host", _text),
 ]
 
 
@@ -97,8 +117,15 @@ REPORT_COLUMNS: list[Column] = [
 # ------------------------------------------------------------------------------------------------
 def results_rows(store: Store, models: Sequence[str] | None = None, device: str | None = None,
                  limit: int | None = None, tag: str | None = None) -> list[dict]:
-    """Every stored run (ok and failed; with ``tag``: of that tag), newest first."""
-    return store.runs(models=models, device=device, limit=limit, tag=tag)
+    """Every stored run (ok and failed; with ``tag``: of that tag), newest first; an emulated
+    device's name carries :data:`EMULATED_MARK`."""
+    return [_mark_emulated(r) for r in store.runs(models=models, device=device, limit=limit, tag=tag)]
+
+
+def _mark_emulated(row: dict) -> dict:
+    if row.get("device_emulated"):
+        row["device"] = f"{row['device']}{EMULATED_MARK}"
+    return row
 
 
 def report_rows(store: Store, models: Sequence[str] | None = None, device: str | None = None,
@@ -109,24 +136,36 @@ def report_rows(store: Store, models: Sequence[str] | None = None, device: str |
     rows = []
     for r in store.latest_ok_runs(models=models, device=device, threads=threads, tag=tag):
         a = acc.get((r["model"], r["format"], r["precision"]))
+        r = _mark_emulated(r)
         row = {k: r.get(k) for k in REPORT_FIELDS}
         row.update(size_mb=r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None,
                    top1_pct=100 * a["top1"] if a else None, dataset=a["dataset"] if a else None,
-                   runs=r["runs_actual"])
+                   runs=r["runs_actual"], emulated=bool(r.get("device_emulated")))
         rows.append(row)
     return rows
 
 
 def visible_columns(rows: Sequence[dict], columns: Sequence[Column]) -> list[Column]:
-    """Drop the device column when every row is from the same device (the usual single-host case)."""
-    if len({r.get("device") for r in rows}) > 1:
-        return list(columns)
-    return [c for c in columns if c[0] != "device"]
+    """Drop the device column when every row is from the same device (the usual single-host case),
+    unless that device is emulated (its mark stays in sight), and the output-vs-host column when no
+    row was checked on a device."""
+    hidden = set()
+    if len({r.get("device") for r in rows}) <= 1 and not any(r.get("device_emulated") or r.get("emulated")
+                                                              for r in rows):
+        hidden.add("device")
+    if not any(r.get("parity") for r in rows):
+        hidden.add("parity")
+    return [c for c in columns if c[0] not in hidden]
 
 
 # ------------------------------------------------------------------------------------------------
 # renderers
 # ------------------------------------------------------------------------------------------------
+def _cell(row: dict, key: str, f: Callable[[object], str]) -> str:
+    """One table cell: the parity column summarizes several fields, the others format their own."""
+    return parity_text(row) if key == "parity" else f(row.get(key))
+
+
 def rich_table(rows: Sequence[dict], columns: Sequence[Column], title: str | None = None):
     from rich.table import Table
 
@@ -134,7 +173,7 @@ def rich_table(rows: Sequence[dict], columns: Sequence[Column], title: str | Non
     for key, header, _f in columns:
         t.add_column(header, justify="left" if key in TEXT_KEYS else "right")
     for r in rows:
-        t.add_row(*(f(r.get(key)) for key, _h, f in columns))
+        t.add_row(*(_cell(r, key, f) for key, _h, f in columns))
     return t
 
 
@@ -142,7 +181,7 @@ def to_markdown(rows: Sequence[dict], columns: Sequence[Column]) -> str:
     lines = ["| " + " | ".join(h for _k, h, _f in columns) + " |",
              "|" + "|".join("---" if k in TEXT_KEYS else "---:" for k, _h, _f in columns)
              + "|"]
-    lines += ["| " + " | ".join(f(r.get(k)).replace("|", "\\|") for k, _h, f in columns) + " |"
+    lines += ["| " + " | ".join(_cell(r, k, f).replace("|", "\\|") for k, _h, f in columns) + " |"
               for r in rows]
     return "\n".join(lines) + "\n"
 

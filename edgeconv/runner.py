@@ -8,8 +8,11 @@ in benchmark_model's exact wording, so the host side runs, parses and checks bot
 Flags (``--name=value``, as benchmark_model): ``--graph``, ``--num_threads``, ``--num_runs``,
 ``--warmup_runs``, ``--warmup_min_secs``, ``--min_secs``, ``--max_secs``, ``--run_delay``,
 ``--use_xnnpack``; an unknown flag is ignored with a warning ("Unconsumed cmdline flags"), like
-benchmark_model. One flag of our own, ``--report_run_timings=true``, adds a line with every timed
-run in nanoseconds, so the host can store raw timings rather than only the aggregates.
+benchmark_model. Flags of our own: ``--report_run_timings=true`` adds a line with every timed
+run in nanoseconds, so the host can store raw timings rather than only the aggregates;
+``--parity_inputs=IN.npy --parity_outputs=OUT.npy`` runs each input of IN (K x 3 x H x W float32,
+prepared like the timed input) after the timed runs and writes the K outputs (dequantized float32)
+to OUT, for the host's output parity check (:mod:`edgeconv.bench.parity`).
 
 Semantics follow benchmark_model (tensorflow/lite/tools/benchmark/benchmark_model.cc):
 ``--num_runs`` is a minimum, runs continue until ``--min_secs`` have passed, and no run starts
@@ -53,6 +56,8 @@ FLAGS: dict[str, tuple[type, object]] = {
     "run_delay": (float, -1.0),
     "use_xnnpack": (bool, True),
     "report_run_timings": (bool, False),
+    "parity_inputs": (str, ""),
+    "parity_outputs": (str, ""),
     "help": (bool, False),
 }
 _LOG_NAMES = (  # LogParams(): (flag, label) in benchmark_model's order
@@ -264,6 +269,32 @@ def _random_input(runner):
     return runner.prepare(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
 
 
+def _write_parity_outputs(runner, inputs_path: str, outputs_path: str) -> None:
+    """Each fixed input through the model; the outputs (K x classes) saved atomically as .npy."""
+    import numpy as np
+
+    if not outputs_path:
+        raise ValueError("--parity_inputs needs --parity_outputs")
+    outputs = run_inputs(runner, np.load(inputs_path, allow_pickle=False))
+    tmp = f"{outputs_path}.partial"
+    with open(tmp, "wb") as f:
+        np.save(f, outputs)
+    os.replace(tmp, outputs_path)
+
+
+def run_inputs(runner, inputs):
+    """Each input (N x 3 x H x W float32) through an :mod:`edgeconv.runtimes` runner, prepared like
+    the timed input: the N outputs, flattened and dequantized (N x classes float32)."""
+    import numpy as np
+
+    outputs = []
+    for x in inputs:
+        runner.set_input(runner.prepare(x[None]))
+        runner.invoke()
+        outputs.append(np.asarray(runner.get_output(), dtype=np.float32).reshape(-1))
+    return np.stack(outputs)
+
+
 def benchmark(flags: dict[str, Any], log: Log) -> int:
     """Everything after flag parsing; returns the process exit code."""
     graph = str(flags["graph"])
@@ -303,6 +334,14 @@ def benchmark(flags: dict[str, Any], log: Log) -> int:
     warmup, _ = run_phase(step, flags["warmup_runs"], flags["warmup_min_secs"], max_secs, delay, log)
     timed, timings = run_phase(step, flags["num_runs"], flags["min_secs"], max_secs, delay, log)
     end_kb = peak_kb()
+    if flags["parity_inputs"]:
+        try:
+            _write_parity_outputs(runner, str(flags["parity_inputs"]), str(flags["parity_outputs"]))
+        except (OSError, ValueError) as e:
+            log(f"Failed to run the parity inputs: {e}", "ERROR")
+            runner.close()
+            return 1
+        log(f"Wrote the outputs of the parity inputs to {flags['parity_outputs']}")
     runner.close()
     first = warmup.values[0] if warmup.values else 0
     log(f"Inference timings in us: Init: {init_ns // 1000}, First inference: {first}, "

@@ -28,7 +28,7 @@ from .bench.stats import compress_timings, decompress_timings, summarize
 from .errors import UserError
 
 ENV_DB = "EDGECONV_DB"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 60.0
 DEVICE_KINDS = ("host", "android", "board")
 
@@ -88,7 +88,23 @@ MIGRATIONS: list[list[str]] = [[
     "ALTER TABLE accuracy ADD COLUMN tag TEXT",
     "CREATE INDEX runs_tag ON runs (tag)",
     "CREATE INDEX accuracy_tag ON accuracy (tag)",
+], [
+    # 2 -> 3: emulated devices (never shown as real hardware) and on-device output parity
+    "ALTER TABLE devices ADD COLUMN emulated INTEGER NOT NULL DEFAULT 0",
+    """CREATE TABLE parity (
+        run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+        status TEXT NOT NULL CHECK (status IN ('ok', 'differs', 'not checked')),
+        inputs INTEGER,                 -- how many fixed inputs were compared
+        max_abs_diff REAL, cosine REAL, -- device logits vs the host's, over all inputs
+        top1_agreement REAL,            -- fraction in [0, 1]
+        tolerance REAL,                 -- the max_abs_diff allowed
+        quant_step REAL,                -- int8 outputs: one output quantization step
+        logit_range REAL,               -- host logits' max - min
+        reason TEXT)                    -- why 'differs' or 'not checked'""",
 ]]
+PARITY_STATUSES = ("ok", "differs", "not checked")
+PARITY_FIELDS = ("status", "inputs", "max_abs_diff", "cosine", "top1_agreement", "tolerance",
+                 "quant_step", "logit_range", "reason")
 
 
 # what Store.runs() / latest_ok_runs() return per run (the keys of each dict, in order)
@@ -100,7 +116,10 @@ RUN_SELECT = (
     "a.format", "a.precision", "a.path", "a.sha256", "a.size_bytes", "a.params", "a.macs",
     "a.resolution", "s.mean_ms", "s.median_ms", "s.p90_ms", "s.p99_ms", "s.min_ms", "s.max_ms",
     "s.std_ms", "s.init_ms", "s.first_ms", "r.tag", "r.verdict", "r.verdict_reasons", "r.peak_rss_mb",
-    "r.import_rss_mb", "r.mem_mb")
+    "r.import_rss_mb", "r.mem_mb", "d.emulated AS device_emulated", "p.status AS parity",
+    "p.inputs AS parity_inputs", "p.max_abs_diff AS parity_max_diff", "p.cosine AS parity_cosine",
+    "p.top1_agreement AS parity_top1", "p.tolerance AS parity_tolerance",
+    "p.quant_step AS parity_step", "p.reason AS parity_reason")
 RUN_FIELDS = tuple(c.split(" AS ")[-1].split(".")[-1] for c in RUN_SELECT)
 
 
@@ -164,6 +183,7 @@ class RunRecord:
     peak_rss_mb: float | None = None  # the worker's peak resident memory (VmHWM)
     import_rss_mb: float | None = None  # what the runtime import alone held (the baseline of mem_mb)
     mem_mb: float | None = None  # load + inference: peak - import (benchmark_model: its "overall")
+    parity: dict[str, Any] | None = None  # PARITY_FIELDS: the device's outputs vs the host's
 
 
 BACKFILL_NOTE = "judged from the timings alone when the database was upgraded (no context recorded)"
@@ -299,7 +319,7 @@ class Store:
         if info.get("kind") not in DEVICE_KINDS:
             raise ValueError(f"device kind must be one of {DEVICE_KINDS}, not {info.get('kind')!r}")
         cols = ("cpu_model", "cores", "kernel", "governor", "soc", "abi", "os_version")
-        known = {"kind", "name", "serial", "flags", "runtime_versions", *cols}
+        known = {"kind", "name", "serial", "flags", "runtime_versions", "emulated", *cols}
         extra = {k: v for k, v in info.items() if k not in known}
         flags = info.get("flags")
         values = {
@@ -307,6 +327,7 @@ class Store:
             **{k: info.get(k) for k in cols},
             "flags": " ".join(flags) if isinstance(flags, list | tuple) else flags,
             "runtime_versions": _json(info.get("runtime_versions")), "extra": _json(extra or None),
+            "emulated": int(bool(info.get("emulated"))),
         }
         now = now_iso()
         names = list(values)
@@ -366,6 +387,12 @@ class Store:
                     "std_ms, init_ms, first_ms, timings) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (run_id, *(ms.get(k) for k in ("mean", "median", "p90", "p99", "min", "max", "std")),
                      run.init_ms, run.first_ms, compress_timings(timings) if timings.size else None))
+            if run.parity is not None:
+                if run.parity.get("status") not in PARITY_STATUSES:
+                    raise ValueError(f"parity status must be one of {PARITY_STATUSES}")
+                c.execute(f"INSERT INTO parity (run_id, {', '.join(PARITY_FIELDS)}) "
+                          f"VALUES (?{', ?' * len(PARITY_FIELDS)})",
+                          (run_id, *(run.parity.get(k) for k in PARITY_FIELDS)))
         return run_id
 
     def record_accuracy(self, model: str, format: str, precision: str, dataset: str, n: int,
@@ -390,7 +417,8 @@ class Store:
     # -- reads ------------------------------------------------------------------------------------
     _RUN_COLUMNS = ", ".join(RUN_SELECT)
     _RUN_JOINS = ("FROM runs r JOIN devices d ON d.id = r.device_id "
-                  "JOIN artifacts a ON a.id = r.artifact_id LEFT JOIN run_stats s ON s.run_id = r.id")
+                  "JOIN artifacts a ON a.id = r.artifact_id LEFT JOIN run_stats s ON s.run_id = r.id "
+                  "LEFT JOIN parity p ON p.run_id = r.id")
 
     @staticmethod
     def _filters(models: Sequence[str] | None, device: str | None, status: str | None = None,

@@ -20,6 +20,22 @@ What the emulated device offers:
 * fault knobs: :meth:`AdbDeviceEmulator.kill_connections`, ``drop_after_bytes``, ``disk_full``,
   ``delay_s``, ``state`` = ``"device"``/``"offline"``/``"unauthorized"``.
 
+**arm64 mode** (``arm64=FOLDER``, a board built by ``tools/arm64_board.py``): the device is an ARM64
+Linux board. Every shell command runs inside that Debian arm64 userland under
+``proot -q qemu-aarch64-static`` (every instruction is aarch64, executed by QEMU; ``uname -m`` says
+aarch64 because QEMU does), with the emulator's sandbox folders bound over the userland's
+``/data``, ``/sdcard``, ``/var/tmp`` (boards' workdir) and ``/sys`` (the same fake big.LITTLE cpu
+tree), a fake ``/proc/device-tree/model``, and fake ``taskset``/``nproc`` (shell scripts run by the
+aarch64 dash) for the 8 fake cores. No getprop: the device is a board. ``arm64_site`` picks the
+Python runtime set the board has (``litert``, ``tflite-runtime``, ``openvino``). ``corrupt_output``
+makes the device's TFLite runtime return one wrong logit (a ``sitecustomize`` inside the board).
+``arm64_cpu`` is the CPU QEMU emulates (``QEMU_CPU``), a Cortex-A76 unless given: with QEMU 7.2's
+default ``max`` CPU (every optional extension on), LiteRT's int8 kernels return logits far from
+the x86 host's (top-1 agreement 1 of 8 on tinynet-e), while cortex-a72/a76/neoverse-n1 give
+bit-identical ones - found by the output parity check. ``arm64_sysfs="host"`` shows the host's
+own ``/sys`` instead of the fake 8-core tree: OpenVINO's CPU plugin (2026.4) aborts (``free():
+invalid next size``) when /sys describes more CPUs than the process may use.
+
 Only loopback is ever used: the listener binds 127.0.0.1 and :class:`IsolatedAdbServer` runs an adb
 server on its own port with mDNS discovery switched off, so nothing is sent to any other address.
 Every socket read, thread join and subprocess has a timeout; :meth:`AdbDeviceEmulator.close` stops
@@ -128,6 +144,9 @@ _MAPPED_RE = re.compile(
     r"(?<![\w.~/-])(" + "|".join(re.escape(p) for p in MAPPED_PREFIXES) + r")(?=/|[^\w.-]|$)"
 )
 READ_ONLY_PREFIXES: tuple[str, ...] = ("/system", "/vendor", "/proc")
+# arm64 mode: the sandbox folders bound into the userland (everything else is the userland's own)
+ARM64_BINDS: tuple[str, ...] = ("/data", "/sdcard", "/storage", "/var/tmp", "/sys", "/opt/emu")
+ARM64_TOOLS = "/opt/emu/bin"
 
 IO_TIMEOUT_S = 30.0  # longest wait for the host to acknowledge or send anything on one stream
 SHELL_TIMEOUT_S = 300.0  # longest a single device-side command may run
@@ -441,6 +460,11 @@ class AdbDeviceEmulator:
         root: Path | None = None,
         pythonpath: Path | None = None,
         free_bytes: int | None = None,
+        arm64: Path | None = None,
+        arm64_site: str = "litert",
+        arm64_cpu: str | None = None,
+        arm64_sysfs: str = "fake",
+        corrupt_output: bool = False,
     ) -> None:
         self.props = {**DEFAULT_PROPS, **(props or {})}
         self.features = tuple(features)
@@ -465,6 +489,13 @@ class AdbDeviceEmulator:
         self._connections: list[Connection] = []
         self._processes: set[subprocess.Popen[bytes]] = set()
         self.refuse_connections = False
+        self.arm64 = Path(arm64) if arm64 is not None else None
+        self.arm64_site = arm64_site
+        self.arm64_cpu = arm64_cpu  # None: tools/arm64_board.py's QEMU_CPU
+        self.arm64_sysfs = arm64_sysfs
+        self.corrupt_output = corrupt_output
+        if self.arm64 is None and corrupt_output:
+            raise ValueError("corrupt_output needs arm64 mode")
 
     # -- lifecycle --
     def start(self) -> AdbDeviceEmulator:
@@ -550,11 +581,19 @@ class AdbDeviceEmulator:
         )
 
     def device_path(self, path: str) -> Path:
-        """The host path that backs device path ``path`` (absolute, '/'-separated)."""
+        """The host path that backs device path ``path`` (absolute, '/'-separated); in arm64 mode a
+        path outside the bound folders is the userland's own (read only)."""
         parts = [part for part in path.split("/") if part not in ("", ".")]
         if ".." in parts:
             raise ValueError(f"refusing '..' in device path {path!r}")
+        if self.arm64 is not None and not self.bound(path):
+            return (self.arm64 / "root").joinpath(*parts)
         return self.root.joinpath(*parts)
+
+    def bound(self, path: str) -> bool:
+        """Whether ``path`` lies in a sandbox folder (arm64 mode: bound into the userland)."""
+        clean = "/" + "/".join(part for part in path.split("/") if part not in ("", "."))
+        return any(clean == p or clean.startswith(p + "/") for p in ARM64_BINDS)
 
     @property
     def state_dir(self) -> Path:
@@ -594,13 +633,39 @@ class AdbDeviceEmulator:
             "EDGECONV_EMULATED_DEVICE": "1",
         }
 
+    def arm64_argv(self) -> list[str]:
+        """``proot -q qemu-aarch64-static -r ROOT -b ...``: the prefix of every arm64 command."""
+        from tools.arm64_board import SITE_PACKAGES, proot_argv, site_of
+
+        assert self.arm64 is not None
+        binds = [(str(self.root.joinpath(p.lstrip("/"))), p) for p in ARM64_BINDS
+                 if p != "/sys" or self.arm64_sysfs == "fake"]
+        if self.arm64_sysfs == "host":
+            binds.append(("/sys", "/sys"))
+        binds.append((str(self.state_dir / "dt_model"), "/proc/device-tree/model"))
+        if self.arm64_site != "litert":
+            binds.append((str(site_of(self.arm64, self.arm64_site)), "/" + SITE_PACKAGES))
+        if self.corrupt_output:
+            binds.append((str(self.state_dir / "sitecustomize.py"), "/usr/lib/python3.11/sitecustomize.py"))
+        return proot_argv(self.arm64 / "root", binds)
+
+    def arm64_env(self) -> dict[str, str]:
+        from tools.arm64_board import QEMU_CPU
+
+        return {"PATH": f"{ARM64_TOOLS}:/usr/local/bin:/usr/bin:/bin", "HOME": "/var/tmp",
+                "TMPDIR": "/var/tmp", "LANG": "C.UTF-8", "EDGECONV_EMULATED_DEVICE": "1",
+                "QEMU_CPU": self.arm64_cpu or QEMU_CPU}
+
     def _run_shell(self, stream: DeviceStream, command: str, v2: bool) -> None:
         """Run one command (or an interactive sh) and relay stdio per shell protocol v1 or v2."""
-        argv = ["/bin/sh", "-c", self.map_command(command)] if command else ["/bin/sh"]
+        if self.arm64 is not None:
+            argv = [*self.arm64_argv(), "/bin/sh", *(["-c", command] if command else [])]
+        else:
+            argv = ["/bin/sh", "-c", self.map_command(command)] if command else ["/bin/sh"]
         proc = subprocess.Popen(
             argv,
             cwd=self.root,
-            env=self.shell_env(),
+            env=self.arm64_env() if self.arm64 is not None else self.shell_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if v2 else subprocess.STDOUT,
@@ -690,8 +755,8 @@ class AdbDeviceEmulator:
 
     # -- the device filesystem --
     def _build_filesystem(self) -> None:
-        for device_dir in ("/data/local/tmp", "/sdcard", "/system/bin"):
-            self.device_path(device_dir).mkdir(parents=True, exist_ok=True)
+        for device_dir in ("/data/local/tmp", "/sdcard", "/system/bin", "/storage", "/var/tmp"):
+            self.root.joinpath(device_dir.lstrip("/")).mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(exist_ok=True)
         cpu_dir = self.device_path("/sys/devices/system/cpu")
         n_cpus = sum(count for count, _ in self.cpu_clusters)
@@ -715,8 +780,25 @@ class AdbDeviceEmulator:
         zone = self.device_path("/sys/class/thermal/thermal_zone0")
         _write(zone / "type", "cpu-thermal\n")
         _write(zone / "temp", f"{self.thermal_millicelsius}\n")
+        if self.arm64 is not None:
+            self._install_arm64_tools()
+            return
         self.write_props()
         self._install_tools()
+
+    def _install_arm64_tools(self) -> None:
+        """A board's extras: the fake cores' taskset and nproc (run by the board's own aarch64
+        dash), a device-tree model, and (``corrupt_output``) a runtime that gets one logit wrong."""
+        if not (self.arm64 / "root" / "bin" / "sh").exists():
+            raise FileNotFoundError(f"{self.arm64} is not an arm64 board folder (tools/arm64_board.py)")
+        tools = self.root / ARM64_TOOLS.lstrip("/")
+        tools.mkdir(parents=True, exist_ok=True)
+        ncpu = sum(c for c, _ in self.cpu_clusters)
+        for name, text in {"taskset": _TASKSET.format(ncpu=ncpu), "nproc": f"#!/bin/sh\necho {ncpu}\n"}.items():
+            (tools / name).write_text(text)
+            (tools / name).chmod(0o755)
+        (self.state_dir / "dt_model").write_text("edgeconv arm64 stand-in (QEMU)\0")
+        (self.state_dir / "sitecustomize.py").write_text(_CORRUPT_OUTPUT)
 
     def write_props(self) -> None:
         """Publish ``self.props`` to the fake getprop (call again after changing props)."""
@@ -859,7 +941,9 @@ class SyncService:
             mode = int(mode_text or "0") or 0o100644
         if flags & SYNC_FLAGS_COMPRESSION:
             return self._fail_and_drain("compressed transfers are not supported by this device")
-        if any(path == p or path.startswith(p + "/") for p in READ_ONLY_PREFIXES):
+        if any(path == p or path.startswith(p + "/") for p in READ_ONLY_PREFIXES) or (
+            self.emu.arm64 is not None and not self.emu.bound(path)
+        ):
             return self._fail_and_drain("couldn't create file: Read-only file system")
         dry_run = bool(flags & SYNC_FLAG_DRY_RUN)
         target = self.host(path)
@@ -1033,6 +1117,60 @@ case "$1" in
   -a) echo "Linux localhost 5.15.123-android14-11 #1 SMP PREEMPT aarch64 Toybox" ;;
   *) echo Linux ;;
 esac
+"""
+
+
+# A broken device runtime (arm64 mode, corrupt_output): the TFLite interpreter's output tensor comes
+# back with its element 3 far off. Installed as the board's sitecustomize, so it patches whichever
+# of ai_edge_litert / tflite_runtime the runner imports, and nothing on the host.
+_CORRUPT_OUTPUT = """
+import importlib.abc, sys
+
+def _patch(module):
+    cls = module.Interpreter
+    original = cls.get_tensor
+
+    def get_tensor(self, index, *args, **kwargs):
+        value = original(self, index, *args, **kwargs)
+        if index != self.get_output_details()[0]["index"]:
+            return value
+        import numpy as np
+        value = np.array(value, copy=True)
+        flat = value.reshape(-1)
+        if np.issubdtype(flat.dtype, np.integer):
+            info = np.iinfo(flat.dtype)
+            flat[3] = info.max if flat[3] < 0 else info.min
+        else:
+            flat[3] += 10.0 * (float(flat.max()) - float(flat.min())) + 1.0
+        return value
+
+    cls.get_tensor = get_tensor
+
+class _Finder(importlib.abc.MetaPathFinder):
+    names = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.names:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            import importlib.util
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        exec_module = loader.exec_module
+
+        def patched(module):
+            exec_module(module)
+            _patch(module)
+
+        loader.exec_module = patched
+        return spec
+
+sys.meta_path.insert(0, _Finder())
 """
 
 

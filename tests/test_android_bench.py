@@ -158,6 +158,8 @@ def test_acceptance_1000_runs_on_an_emulated_phone(tinynet: Path, adb_device: Em
         assert 0 < x["min_ms"] <= x["median_ms"] <= x["p99_ms"] <= x["max_ms"] < 1000
         assert x["temp_before_c"] == x["temp_after_c"] == 35.0
         assert x["runtime_version"].startswith("ai-edge-litert ")
+        # the emulated phone runs the host's own LiteRT: its outputs are the host's, bit for bit
+        assert (x["parity"]["status"], x["parity"]["max_abs_diff"], x["parity"]["top1_agreement"]) == ("ok", 0.0, 1.0)
     assert wall < 60
     with Store(adb_env) as s:
         runs = s.runs()
@@ -167,7 +169,9 @@ def test_acceptance_1000_runs_on_an_emulated_phone(tinynet: Path, adb_device: Em
     assert "Inference timings in us: Init: " in log and "count=1000 " in log
     assert "Per-run timings in ns: (stored as timings)" in log and len(log) < 20_000
     extra = extra_of(adb_env, runs[-1]["run_id"])  # fp32, the first run
-    assert extra["mask"] == "80" and extra["pushed"] == ["edgeconv-runner.zip", "fp32.tflite"]
+    # the parity inputs (8 preprocessed calibration photos) go once per model, like the runner
+    assert extra["mask"] == "80" and extra["pushed"] == ["edgeconv-runner.zip", "fp32.tflite",
+                                                         "parity-tinynet-e-106.npy"]
     assert extra["command"].startswith("taskset 80 env PYTHONPATH=/data/local/tmp/edgeconv/edgeconv-runner.zip ")
     for flag in ("--graph=/data/local/tmp/edgeconv/models/tinynet-e-fp32.tflite", "--num_threads=1",
                  "--num_runs=1000", "--warmup_runs=50", "--min_secs=0", "--max_secs=3600", "--use_xnnpack=true"):
@@ -181,8 +185,10 @@ def test_acceptance_1000_runs_on_an_emulated_phone(tinynet: Path, adb_device: Em
     assert extra_of(adb_env, runs_in(adb_env)[0]["run_id"])["pushed"] == []
     rep = CliRunner().invoke(report, ["--device", serial, "--db", str(adb_env), "--json"], catch_exceptions=False)
     rows = json.loads(rep.stdout)
-    assert [(x["precision"], x["device"], x["runs"]) for x in rows] == [("fp32", "Emulated Phone", 1000),
-                                                                     ("int8", "Emulated Phone", 50)]
+    # the emulator's uname says aarch64 but its shell is x86-64 code: never shown as a real phone
+    assert [(x["precision"], x["device"], x["runs"]) for x in rows] == [
+        ("fp32", "Emulated Phone (emulated)", 1000), ("int8", "Emulated Phone (emulated)", 50)]
+    assert device["emulated"] is True and device["emulation"].startswith("uname -m says aarch64 but its shell")
 
 
 def test_two_devices_run_in_parallel(tinynet: Path, make_adb_device: Callable[..., EmulatedDevice],
@@ -256,6 +262,10 @@ def test_benchmark_model_style_runner_stores_its_aggregates(tinynet: Path, adb_d
         assert len(s.timings(run["run_id"])) == 0
     assert run["runtime_version"].startswith("ai-edge-litert ")  # our runner names its runtime
     assert "--report_run_timings" not in extra_of(adb_env, run["run_id"])["command"]  # not benchmark_model's
+    # benchmark_model cannot write its outputs: no parity inputs pushed, the check is "not checked"
+    assert (run["parity"], res["parity"]["status"]) == ("not checked", "not checked")
+    assert res["parity"]["reason"].startswith("benchmark_model has no flag that writes its outputs")
+    assert "--parity_inputs" not in extra_of(adb_env, run["run_id"])["command"]
 
 
 def test_openvino_with_benchmark_app_and_with_the_python_runner(adb_device: EmulatedDevice, adb_env: Path,
@@ -408,7 +418,7 @@ def test_wrong_abi_runner_and_profile(tinynet: Path, make_adb_device: Callable[.
 def test_no_space_left(tinynet: Path, adb_device: EmulatedDevice, adb_env: Path) -> None:
     adb_device.emulator.set_free_bytes(1_000_000)
     r = cli(adb_env, *base(tinynet, adb_device.serial), *FAST)
-    assert_failed(adb_env, r, re.compile(rf"not enough space on {re.escape(adb_device.serial)}: 3\.\d MB needed "
+    assert_failed(adb_env, r, re.compile(rf"not enough space on {re.escape(adb_device.serial)}: 4\.\d MB needed "
                                          r"in /data/local/tmp/edgeconv, 1\.0 MB free"))
     adb_device.emulator.set_free_bytes(None)
     adb_device.emulator.disk_full = True  # df says there is room, the write fails anyway

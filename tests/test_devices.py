@@ -191,7 +191,8 @@ def test_devices_command_lists_phones_boards_and_unready_devices(
     assert rows[phone.serial] == {
         "serial": phone.serial, "state": "device", "kind": "android", "model": "Emulated Phone",
         "soc": "QTI SM8550 (kalama)", "os": "Android 14 (API 34)", "abi": "arm64-v8a",
-        "clusters": "4x1.80 + 3x2.40 + 1x3.00 GHz", "profile": "generic-android", "note": None}
+        "clusters": "4x1.80 + 3x2.40 + 1x3.00 GHz", "profile": "generic-android", "note": None,
+        "emulated": True, "emulation": "uname -m says aarch64 but its shell is x86-64 code"}
     assert (rows[kirin_clusters.serial]["profile"], rows[kirin_clusters.serial]["note"]) == ("huawei-p40", None)
     assert rows[kirin_clusters.serial]["clusters"] == "4x1.95 + 2x2.36 + 2x2.86 GHz"
     assert rows[kirin_odd.serial]["note"].startswith("profile huawei-p40 documents 4x1.95 + 2x2.36 + 2x2.86 GHz")
@@ -204,6 +205,11 @@ def test_devices_command_lists_phones_boards_and_unready_devices(
     assert table.exit_code == 0
     assert "huawei-p40" in table.stdout and "not found" in table.stdout
     assert f"edgeconv: warning: {kirin_odd.serial}: profile huawei-p40 documents" in table.stderr
+    assert f"edgeconv: warning: {kirin_odd.serial} is emulated (uname -m says aarch64 but its shell is " \
+        "x86-64 code): its timings are not those of real hardware" in table.stderr
+    qemu_phone = make_adb_device(props={"ro.kernel.qemu": "1"})
+    (row,) = json.loads(CliRunner().invoke(devices, ["--serial", qemu_phone.serial, "--json"]).stdout)
+    assert (row["emulated"], row["emulation"]) == (True, "Android emulator (ro.kernel.qemu=1)")
 
 
 def test_devices_command_with_none_attached(adb_env: Path) -> None:  # noqa: F811
@@ -211,3 +217,25 @@ def test_devices_command_with_none_attached(adb_env: Path) -> None:  # noqa: F81
     assert (r.exit_code, r.stdout) == (0, "")
     assert r.stderr == ("no ADB devices (`adb devices` lists none): plug one in with USB debugging on, or "
                         "`adb connect HOST:PORT`\n")
+
+
+def test_emulation_is_detected_from_real_binaries_and_cpuinfo() -> None:
+    """This host is real (its shell is x86-64 code, /proc/cpuinfo an x86 CPU); an aarch64 shell on
+    that CPU is user-mode emulation; a shell that contradicts uname is a stand-in; Android's
+    emulator says so itself."""
+    from edgeconv.devices import cpuinfo_family, detect_emulation
+
+    host_sh = Path(os.path.realpath("/bin/sh")).read_bytes()[:20]
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    machine = os.uname().machine
+    assert detect_emulation({}, machine, host_sh, cpuinfo) is None
+    family = cpuinfo_family(cpuinfo)
+    assert family == {"x86_64": "x86", "aarch64": "ARM"}.get(machine, family)
+    other = host_sh[:18] + (183 if machine == "x86_64" else 62).to_bytes(2, "little")  # EM_AARCH64 / EM_X86_64
+    reason = detect_emulation({}, "aarch64", other, cpuinfo) if machine == "x86_64" else None
+    if machine == "x86_64":
+        assert reason == ("its shell is aarch64 code but /proc/cpuinfo describes an x86 CPU: instruction-set "
+                          "emulation (e.g. QEMU user mode)")
+        assert detect_emulation({}, "aarch64", host_sh, cpuinfo) == "uname -m says aarch64 but its shell is x86-64 code"
+    assert detect_emulation({"ro.kernel.qemu": "1"}, machine, host_sh, cpuinfo) == "Android emulator (ro.kernel.qemu=1)"
+    assert detect_emulation({}, machine, None, []) is None  # nothing known: not claimed either way

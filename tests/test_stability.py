@@ -204,7 +204,7 @@ def test_old_database_gets_verdicts_from_its_timings(tmp_path: Path) -> None:
     c.commit()
     c.close()
     with Store(db) as s:
-        assert s.schema_version() == 2
+        assert s.schema_version() == 3
         runs = {r["run_id"]: r for r in s.runs()}
     assert runs[1]["verdict"] == STABLE and runs[2]["verdict"] == NOISY
     assert runs[2]["verdict_reasons"][0].startswith("window medians vary by")

@@ -47,12 +47,46 @@ def run_child(code: str, *args: str) -> subprocess.Popen:
 def test_schema_and_pragmas(tmp_path: Path) -> None:
     with Store(tmp_path / "r.db") as s:
         tables = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"devices", "artifacts", "runs", "run_stats", "accuracy"} <= tables
-        assert s.schema_version() == SCHEMA_VERSION == 2
+        assert {"devices", "artifacts", "runs", "run_stats", "accuracy", "parity"} <= tables
+        assert s.schema_version() == SCHEMA_VERSION == 3
         assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 10_000
     with Store(tmp_path / "r.db") as s:  # reopening an up-to-date store changes nothing
-        assert s.schema_version() == 2
+        assert s.schema_version() == 3
+
+
+def test_version_2_store_is_upgraded_keeping_its_runs(tmp_path: Path) -> None:
+    """A results.db of schema 2 (no emulated column, no parity table) gains both; its runs stay."""
+    from edgeconv.store import MIGRATIONS
+
+    db = tmp_path / "v1.db"
+    with sqlite3.connect(db) as c:
+        for stmt in MIGRATIONS[0] + MIGRATIONS[1]:
+            c.execute(stmt)
+        c.execute("INSERT INTO devices (kind, name, serial, first_seen, last_seen) VALUES "
+                  "('board', 'old board', 's1', 'x', 'x')")
+        c.execute("INSERT INTO artifacts (model, format, precision, path, sha256, first_seen) VALUES "
+                  "('m', 'tflite', 'int8', 'p', 'h', 'x')")
+        c.execute("INSERT INTO runs (device_id, artifact_id, runtime, threads, warmup, runs_requested, "
+                  "runs_actual, finished_at, status) VALUES (1, 1, 'tflite', 1, 1, 5, 5, 'x', 'ok')")
+        c.execute("PRAGMA user_version = 2")
+    with Store(db) as s:
+        assert s.schema_version() == 3
+        (row,) = s.runs()
+        assert (row["device"], row["device_emulated"], row["parity"]) == ("old board", 0, None)
+        dev = s.upsert_device({"kind": "board", "name": "qemu board", "serial": "s2", "emulated": True})
+        art = ArtifactRecord("m", "tflite", "int8", "p", "h")
+        run = RunRecord("tflite", "ok", 3, 1, timings_ns=[1_000_000, 2_000_000, 3_000_000],
+                        parity={"status": "differs", "inputs": 4, "max_abs_diff": 0.5, "cosine": 0.9,
+                                "top1_agreement": 0.75, "tolerance": 0.1, "quant_step": 0.1,
+                                "logit_range": 9.0, "reason": "input 2: top-1 differs"})
+        s.record_run(dev, art, run)
+        new = s.runs()[0]
+        assert (new["device_emulated"], new["parity"], new["parity_top1"], new["parity_inputs"]) == \
+            (1, "differs", 0.75, 4)
+        with pytest.raises(ValueError, match="parity status"):
+            s.record_run(dev, art, RunRecord("tflite", "ok", 3, 1, timings_ns=[1, 2, 3],
+                                             parity={"status": "maybe"}))
 
 
 def test_run_round_trip_and_stats_from_raw_timings(tmp_path: Path) -> None:

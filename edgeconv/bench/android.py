@@ -53,6 +53,7 @@ from ..devices import (
     compatible_abis,
     cpu_list,
     describe_clusters,
+    detect_emulation,
     elf_abi,
     load_profiles,
     match_profile,
@@ -62,6 +63,7 @@ from ..devices import (
 from ..errors import UserError
 from ..store import ArtifactRecord, RunRecord, Store, now_iso
 from ..util import sha256_file
+from . import parity
 from .adb import Adb, AdbError
 from .parsers import TRUNCATED, parse_benchmark_app, parse_benchmark_model
 from .stability import assess_run
@@ -92,6 +94,10 @@ done
 for z in /sys/class/thermal/thermal_zone*; do
   [ -r "$z/temp" ] && echo "zone $z/temp $(cat "$z/type" 2>/dev/null | tr ' ' _)"
 done
+echo "sh_elf=$(od -A n -t x1 -N 20 "$(command -v sh)" 2>/dev/null | tr -d ' \n')"
+while IFS= read -r line; do
+  case "$line" in vendor_id*|"CPU implementer"*|"CPU architecture"*|isa*) echo "cpuinfo=$line";; esac
+done 2>/dev/null < /proc/cpuinfo
 exit 0
 """
 # Reads each file given as an argument: one line per file, "-" when unreadable.
@@ -134,6 +140,7 @@ class Facts:
     zones: list[tuple[str, str]]  # (temperature file, zone type)
     os_release: str | None = None
     dt_model: str | None = None
+    emulation: str | None = None  # why this is not real hardware (devices.detect_emulation)
 
     @property
     def abi(self) -> str | None:
@@ -164,13 +171,14 @@ class Facts:
             "brand": p.get("ro.product.brand"), "abilist": p.get("ro.product.cpu.abilist"),
             "fingerprint": p.get("ro.build.fingerprint"), "hw_serial": p.get("ro.serialno"),
             "machine": self.machine, "profile": profile.name if profile else None,
+            "emulation": self.emulation,
             "transport": "tcp" if re.fullmatch(r".+:\d+", self.serial) else "usb",
         }
         return {
             "kind": self.kind, "name": p.get("ro.product.model") or self.dt_model or self.serial,
             "serial": self.serial, "cpu_model": cpu_model, "cores": len(self.cpus) or None,
             "kernel": self.kernel, "governor": fastest.governor if fastest else None, "soc": soc,
-            "abi": self.abi, "os_version": os_version,
+            "abi": self.abi, "os_version": os_version, "emulated": self.emulation is not None,
             **{k: v for k, v in extra.items() if v not in (None, "")},
         }
 
@@ -195,9 +203,13 @@ def probe(adb: Adb, serial: str) -> Facts:
         if values.get("dt_model"):
             props["ro.product.model"] = values["dt_model"].strip()
     zones = [(m[0], m[1]) for m in re.findall(r"^zone (\S+) ?(\S*)$", text, re.M)]
+    elf_hex = next(iter(re.findall(r"^sh_elf=([0-9a-fA-F]*)$", text, re.M)), "")
+    emulation = detect_emulation(props, machine, bytes.fromhex(elf_hex[:40]) if len(elf_hex) >= 40 else None,
+                                 re.findall(r"^cpuinfo=(.*)$", text, re.M))
     return Facts(serial=serial, kind=kind, props=props, cpus=parse_cpus(text),
                  kernel=values.get("kernel") or None, machine=machine, zones=zones,
-                 os_release=values.get("os") or None, dt_model=values.get("dt_model") or None)
+                 os_release=values.get("os") or None, dt_model=values.get("dt_model") or None,
+                 emulation=emulation)
 
 
 def parse_temperature(text: str) -> float | None:
@@ -416,6 +428,7 @@ class DeviceSession:
         self.idle_c: float | None = None
         self.benchmarked = 0
         self.last: dict[str, Any] = {}
+        self.references: dict[str, parity.HostReference | str] = {}  # file -> host outputs or why not
 
     # -- setup --
     @property
@@ -575,11 +588,64 @@ class DeviceSession:
             files.append((local.with_suffix(".bin"), stem + ".bin"))
         return files
 
+    def reference(self, target: Any) -> parity.HostReference | str:
+        """The host's outputs of the parity inputs for this artifact (once), or why there are none."""
+        key = str(target.file)
+        if key not in self.references:
+            try:
+                if not (target.manifest or {}).get("input", {}).get("preprocess"):
+                    raise UserError("its build has no manifest with the recipe (preprocessing)")
+                self.references[key] = parity.host_reference(target.file, target.runtime, target.manifest)
+            except (UserError, ImportError, OSError, ValueError, RuntimeError) as e:
+                self.references[key] = f"the host could not compute its own outputs: {str(e)[:200]}"
+        return self.references[key]
+
+    def parity_files(self, target: Any, runner: Runner) -> tuple[list[tuple[Path, str]], list[str], str | None]:
+        """(files to push, runner flags, device output file) of the output parity check; no flags
+        and a reason in ``self.last["parity"]`` when this runner cannot be checked."""
+        if runner.kind != "python":
+            self.last["parity"] = parity.not_checked(parity.NOT_CHECKED[runner.protocol])
+            return [], [], None
+        ref = self.reference(target)
+        if isinstance(ref, str):
+            self.last["parity"] = parity.not_checked(ref)
+            return [], [], None
+        art = target.artifact
+        assert self.zip_path is not None
+        local = self.zip_path.parent / f"parity-{art.model}-{art.resolution}.npy"
+        if not local.exists():
+            import numpy as np
+
+            np.save(local, ref.inputs)
+        remote_in = f"{self.workdir}/parity/{art.model}-{art.resolution}-inputs.npy"
+        remote_out = f"{self.workdir}/parity/{art.model}-{art.precision}-outputs.npy"
+        return [(local, remote_in)], [f"--parity_inputs={remote_in}", f"--parity_outputs={remote_out}"], remote_out
+
+    def check_outputs(self, target: Any, remote_out: str, version: str | None) -> dict[str, Any]:
+        """Pull the device's outputs and compare them with the host's."""
+        import numpy as np
+
+        ref = self.reference(target)
+        assert not isinstance(ref, str) and self.zip_path is not None
+        local = self.zip_path.parent / f"outputs-{self.serial.replace(':', '_')}.npy"
+        self.adb.pull(self.serial, remote_out, local)
+        try:
+            device = np.load(local, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            return {"status": "differs", "inputs": len(ref.inputs),
+                    "reason": f"the device's output file is unreadable ({str(e)[:120]})"}
+        finally:
+            local.unlink(missing_ok=True)
+        return parity.compare(device, ref, target.artifact.precision, version)
+
     def attempt(self, target: Any) -> dict[str, Any]:
         """Push, cool down, run, check: the RunRecord fields of one successful run."""
         runner = self.runner(target.runtime)
         models = self.model_files(target)
-        pushed = self.sync([*runner.push, *models])
+        check_push, check_flags, remote_out = self.parity_files(target, runner)
+        pushed = self.sync([*runner.push, *models, *check_push])
+        if remote_out:
+            self.adb.shell(self.serial, ["rm", "-f", remote_out], check=True)  # never a stale answer
         if runner.kind == "binary":
             self.adb.shell(self.serial, ["chmod", "755", runner.command[0]], check=True)
         self.emit("progress", target=target, phase="cooldown")
@@ -590,7 +656,7 @@ class DeviceSession:
         self.emit("progress", target=target, phase="run")
         extra_args = self.profile.runner_args.get(target.runtime, ()) if self.profile else ()
         argv = ["sh", "-c", MERGED_SCRIPT, "sh", "taskset", self.mask, *runner.command,
-                *runner_flags(runner, models[0][1], self.opts, extra_args)]
+                *runner_flags(runner, models[0][1], self.opts, extra_args), *check_flags]
         t0 = time.monotonic()
         result = self.adb.shell(self.serial, argv, timeout=self.opts.timeout_s + RUN_SLACK_S)
         wall = time.monotonic() - t0
@@ -600,6 +666,8 @@ class DeviceSession:
         self.last["temp_after_c"] = self.temperature()
         self.last["context"] = {**context, **self.sample("after")}
         fields = read_report(runner, log, result.exit_code, self.opts)
+        if remote_out:
+            self.last["parity"] = self.check_outputs(target, remote_out, fields.get("runtime_version"))
         extra = {"runner": runner.label, "command": " ".join(argv[4:]), "mask": self.mask, "pushed": pushed,
                  "wall_s": round(wall, 3), **cooling,
                  **{k: fields.pop(k) for k in ("summary", "memory_mb", "warmup_avg_ms", "warning") if k in fields}}
@@ -648,7 +716,7 @@ class DeviceSession:
                          warmup=self.opts.warmup, threads=self.opts.threads, error=error,
                          started_at=started, finished_at=now_iso(),
                          cores=cpu_list(self.cores) if self.cores else None,
-                         extra={"serial": self.serial}, **self.last)
+                         extra={"serial": self.serial}, **{k: v for k, v in self.last.items() if k != "parity"})
 
     def run(self, targets: Sequence[Any]) -> None:
         """The worker: set up, then every target; every outcome goes out through ``emit``."""
@@ -770,6 +838,7 @@ def list_devices(adb: Adb, serials: Sequence[str] = (), profiles: Sequence[Profi
             row.update(kind=info["kind"], model=info["name"], soc=info.get("cpu_model"),
                        os=info.get("os_version") or info.get("kernel"), abi=info.get("abi"),
                        clusters=info.get("clusters_text"), profile=profile.name if profile else None,
+                       emulated=info["emulated"], emulation=info.get("emulation"),
                        note=cluster_mismatch(profile, info["clusters"]) if profile else None)
         rows.append(row)
     return rows

@@ -8,7 +8,7 @@ result to the store as soon as it exists.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ class Target:
     artifact: ArtifactRecord
     runtime: str
     file: Path
+    manifest: dict | None = field(default=None, repr=False, compare=False)  # its build's manifest
 
     @property
     def label(self) -> str:
@@ -97,7 +98,7 @@ def select_targets(manifest: dict, folder: str | Path, manifest_sha: str | None,
                              size_bytes=a.get("size_bytes"), manifest_sha256=manifest_sha,
                              params=manifest.get("params"), macs=manifest.get("macs"),
                              resolution=manifest.get("resolution"))
-        found.append(Target(art, runtime, file))
+        found.append(Target(art, runtime, file, manifest))
     found.sort(key=lambda t: (runtimes.index(t.runtime), precisions.index(t.artifact.precision)))
     return found
 
@@ -457,4 +458,18 @@ def outcome_row(o: Outcome) -> dict:
             "temp_before_c": r.temp_before_c, "temp_after_c": r.temp_after_c,
             "verdict": verdict.status if verdict else None, "verdict_reasons": list(verdict.reasons) if verdict else [],
             "mem_mb": r.mem_mb, "import_rss_mb": r.import_rss_mb, "peak_rss_mb": r.peak_rss_mb, "tag": r.tag,
-            "repeat": r.extra.get("repeat"), "accepted": o.accepted}
+            "repeat": r.extra.get("repeat"), "accepted": o.accepted,
+            **({"emulated": bool(o.device.get("emulated"))} if o.device else {}),
+            **({"parity": r.parity} if r.parity is not None else {})}
+
+
+def mismatch_summary(outcomes: Sequence[Outcome]) -> str | None:
+    """One line for the exit error when a device's outputs differ from the host's."""
+    from .parity import describe_mismatch
+
+    differ = [o for o in outcomes if o.run.parity and o.run.parity.get("status") == "differs"]
+    if not differ:
+        return None
+    first = describe_mismatch(outcome_label(differ[0]), differ[0].run.parity)
+    more = f"{len(differ)} of {len(outcomes)} runs: " if len(outcomes) > 1 else ""
+    return f"{more}{first} (results are saved; --allow-mismatch accepts them)"

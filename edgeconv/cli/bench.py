@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..bench.run import Outcome, Target, failure_summary, outcome_label, outcome_row, run_bench
+from ..bench.run import Outcome, Target, failure_summary, mismatch_summary, outcome_label, outcome_row, run_bench
 from ..errors import UserError
 from ..formats import PRECISIONS, RUNTIMES, parse_choices
 from .common import (
@@ -64,6 +64,10 @@ class _Progress:
             msg = f"{head} mean {summary['mean_ms']:.4g} ms over {summary['count']} runs{then} (saved)"
         else:
             msg = f"{head} FAILED: {o.run.error}"
+        if o.run.parity and o.run.parity.get("status") == "differs":
+            msg += f"; OUTPUT DIFFERS FROM HOST: {o.run.parity.get('reason')}"
+        elif o.device and o.device.get("emulated"):
+            msg += " [emulated device: not a latency of real hardware]"
         if self.bar is not None:
             self.bar.console.print(msg, markup=False)
         else:
@@ -117,6 +121,9 @@ class _Progress:
               help="Measure each artifact again (up to MAX times, 5 without a number) until its verdict "
               "is stable; every repeat is saved, the accepted one is shown.")
 @tag_option
+@click.option("--allow-mismatch", is_flag=True,
+              help="ADB devices: exit 0 even when a device's outputs differ from the host's "
+              "(the runs are marked 'output differs from host' either way).")
 @out_option
 @weights_option
 @db_option
@@ -125,8 +132,8 @@ def bench(name: str | None, device: str | None, farm: str | None, token_file: st
           model_pattern: str | None, serials: tuple[str, ...], runtime: str | None,
           precisions: str | None, runs: int, warmup: int, threads: int, core: int | None,
           cores: str | None, cooldown: float | None, runner: str | None, timeout: float,
-          artifacts: str | None, until_stable: int, tag: str | None, out: str, weights: str | None,
-          db: str | None, as_json: bool) -> None:
+          artifacts: str | None, until_stable: int, tag: str | None, allow_mismatch: bool, out: str,
+          weights: str | None, db: str | None, as_json: bool) -> None:
     """Latency of NAME's artifacts: batch 1, --runs timed runs after --warmup, each runtime in its
     own process. Results are saved to the results database one by one as they are measured."""
     from ..store import Store
@@ -169,6 +176,8 @@ def bench(name: str | None, device: str | None, farm: str | None, token_file: st
                  f"not be trustworthy: {advice}{hint})")
     if (summary := failure_summary(outcomes)) is not None:
         raise UserError(summary)
+    if not allow_mismatch and (mismatch := mismatch_summary(outcomes)) is not None:
+        raise UserError(mismatch)
 
 
 def _print_bench_table(model: str, info: dict, rows: list[dict], threads: int, db_path: str) -> None:
@@ -224,3 +233,5 @@ def devices(serials: tuple[str, ...], as_json: bool) -> None:
     for r in rows:
         if r.get("note"):
             warn(f"{r['serial']}: {r['note']}")
+        if r.get("emulated"):
+            warn(f"{r['serial']} is emulated ({r['emulation']}): its timings are not those of real hardware")

@@ -61,6 +61,19 @@ class TFLiteRunner(Runner):
         self.layout = "NHWC" if self.input_shape[-1] == 3 else "NCHW"
 
     @property
+    def output_step(self) -> float | None:
+        """One quantization step of the logits: the scale of an integer output, or of the integer
+        tensor of the output's shape that a float-I/O int8 model dequantizes last; None when the
+        logits are never integers (fp32/fp16/dynamic-range models)."""
+        if self._out_int:
+            return float(self._out_q[0]) or None
+        out = self.interp.get_output_details()[0]
+        steps = [float(d["quantization"][0]) for d in self.interp.get_tensor_details()
+                 if list(d["shape"]) == list(out["shape"]) and np.issubdtype(d["dtype"], np.integer)
+                 and d["quantization"][0]]
+        return steps[-1] if steps else None
+
+    @property
     def integer_io(self) -> bool:
         return np.issubdtype(self._in_dtype, np.integer)
 
