@@ -354,3 +354,13 @@ def test_a_file_where_a_build_folder_is_expected(tmp_path):
     one_line(run("bench", "--artifacts", tmp_path / "f", *RUNS), 1, "")
     assert "not a build folder" in run("bench", "--artifacts", tmp_path / "f", *RUNS).stderr or \
         "no such artifacts folder" in run("bench", "--artifacts", tmp_path / "f", *RUNS).stderr
+
+
+def test_a_closed_pipe_is_a_quiet_stop_not_an_error():
+    """`edgeconv models | head -1`: once the reader has gone, no error line and no traceback (141)."""
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before edgeconv writes its first line
+    proc = subprocess.run([sys.executable, "-m", "edgeconv.cli", "recipe", "tiny", "--flops", "50M"], stdout=w,
+                          stderr=subprocess.PIPE, text=True, timeout=300)
+    os.close(w)
+    assert (proc.returncode, proc.stderr) == (141, "")

@@ -69,6 +69,10 @@ def run_guarded(ctx: click.Context, invoke: Callable[[click.Context], Any], inte
             raise
         click.echo(f"edgeconv: error: {e}\n(EDGECONV_DEBUG=1 shows the traceback)", err=True)
         ctx.exit(e.exit_code)
+    except BrokenPipeError:  # `edgeconv ... | head`: the reader has gone; stop as a shell tool does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not fail again
+        ctx.exit(141)
     except OSError as e:  # a full disk, a read-only or unwritable folder, a name too long
         where = e.filename or "edgeconv"
         click.echo(f"edgeconv: error: {where}: {e.strerror or e}", err=True)

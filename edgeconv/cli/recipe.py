@@ -29,23 +29,16 @@ def recipe_tiny(flops: str, name: str | None, output: str | None, as_json: bool)
     Resolution and depth are chosen first (r > d > w in importance), interpolated from TinyNet-A..E;
     then w = sqrt(c / (r^2 d)) relative to EfficientNet-B0. The MACs actually reached are measured
     from the built model and reported."""
-    from ..recipe import recipe_to_yaml
     from ..tiny import parse_flops, tiny_recipe
 
     budget = parse_flops(flops)
     res = tiny_recipe(budget, name=name)
-    for message in res.warnings:
-        warn(message)
-    _write(res.recipe, output)
-    if as_json:
-        echo_json(res.to_dict() | {"output": output})
-        return
-    click.echo(f"budget {budget / 1e6:.1f}M MACs (c = {res.c:.4f} of EfficientNet-B0)")
-    click.echo(f"r = {res.r:.4f} (input {res.recipe.resolution})  d = {res.d:.4f}  "
-               f"w = sqrt(c / (r^2 d)) = {res.w_formula:.4f}")
-    click.echo(f"reached {res.macs / 1e6:.2f}M MACs ({100 * (res.macs / budget - 1):+.1f} % vs budget), "
-               f"{res.params / 1e6:.2f}M params")
-    click.echo(f"wrote {output}" if output else recipe_to_yaml(res.recipe))
+    _finish(res, output, as_json, [
+        f"budget {budget / 1e6:.1f}M MACs (c = {res.c:.4f} of EfficientNet-B0)",
+        f"r = {res.r:.4f} (input {res.recipe.resolution})  d = {res.d:.4f}  "
+        f"w = sqrt(c / (r^2 d)) = {res.w_formula:.4f}",
+        f"reached {res.macs / 1e6:.2f}M MACs ({100 * (res.macs / budget - 1):+.1f} % vs budget), "
+        f"{res.params / 1e6:.2f}M params"])
 
 
 @recipe_cmd.command("inverse")
@@ -58,17 +51,24 @@ def recipe_inverse(flops: str, name: str | None, output: str | None, as_json: bo
     are closest to the budget. If that is more than 6 % off, width alone is fitted at the same r and
     d, and the output says so."""
     from ..inverse import inverse_recipe
-    from ..recipe import recipe_to_yaml
     from ..tiny import parse_flops
 
     res = inverse_recipe(parse_flops(flops, floor=0), name=name)
+    _finish(res, output, as_json, res.lines())
+
+
+def _finish(res, output: str | None, as_json: bool, lines: list[str]) -> None:
+    """Warnings, the recipe written to ``output`` (atomically), then the JSON or the lines and the
+    recipe itself (YAML on stdout when there is no ``output``)."""
+    from ..recipe import recipe_to_yaml
+
     for message in res.warnings:
         warn(message)
     _write(res.recipe, output)
     if as_json:
         echo_json(res.to_dict() | {"output": output})
         return
-    for line in res.lines():
+    for line in lines:
         click.echo(line)
     click.echo(f"wrote {output}" if output else recipe_to_yaml(res.recipe))
 
