@@ -110,19 +110,22 @@ def main() -> None:
                                 "busy_after": free}
         else:
             victim = emulators[1].serial
-            p = subprocess.Popen([*bench, "--runs", "3000", "--warmup", "2"], env=head_env, text=True,
+            # 20000 runs: an artifact takes 10-20 s on an idle machine, so the kill lands inside the
+            # victim's second artifact (the first one is stored by then)
+            p = subprocess.Popen([*bench, "--runs", "20000", "--warmup", "2"], env=head_env, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            killed = None
-            deadline = time.monotonic() + 600
+            killed = stored_at_kill = None
+            deadline = time.monotonic() + 900
             while p.poll() is None and time.monotonic() < deadline and killed is None:
-                time.sleep(0.5)
-                if _stored(work / "results.db", victim) >= 1:
+                time.sleep(0.2)
+                if (stored_at_kill := _stored(work / "results.db", victim)) >= 1:
                     records = json.loads((work / "host-b" / "processes.json").read_text())
                     killed = records[0]["pid"]
                     os.killpg(killed, signal.SIGKILL)
-            stdout, stderr = p.communicate(timeout=600)
+            stdout, stderr = p.communicate(timeout=900)
             out["bench"] = {"code": p.returncode, "stderr": stderr[-3000:], "killed_pid": killed,
-                            "victim": victim, "json": json.loads(stdout) if stdout.strip() else None}
+                            "stored_at_kill": stored_at_kill, "victim": victim,
+                            "json": json.loads(stdout) if stdout.strip() else None}
         with sqlite3.connect(work / "results.db") as db:
             out["rows"] = [dict(zip(("serial", "status", "error", "extra"), row, strict=True)) for row in db.execute(
                 "SELECT d.serial, r.status, r.error, r.extra FROM runs r JOIN devices d ON d.id = r.device_id "

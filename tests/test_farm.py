@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,14 +105,18 @@ def test_a_node_killed_mid_run_fails_its_device_and_the_rest_completes(tinynet: 
     out = scenario("lost-node", tinynet, tmp_path)
     bench, victim = out["bench"], out["bench"]["victim"]
     assert bench["killed_pid"], "the victim node never stored a first result"
-    assert bench["code"] == 1
+    assert bench["stored_at_kill"] == 1, bench  # killed while it measured its second artifact
+    assert bench["code"] == 1, bench["stderr"]
     other = out["host-a"]["serial"]
     rows = out["rows"]
     assert sorted(r["status"] for r in rows if r["serial"] == other) == ["ok", "ok"]
     lost = [r for r in rows if r["serial"] == victim]
     assert len(lost) == 2 and lost[0]["status"] == "ok"  # measured before the kill: kept
-    assert lost[1]["status"] == "failed" and lost[1]["error"].startswith("device lost: its farm node died")
-    assert f"{victim}: device lost (its farm node died" in bench["stderr"]
+    # what Ray notices first: the node's death, its worker's, or the node missing from the live nodes
+    reason = r"(its farm node died|the farm worker process died|its farm node is gone)"
+    assert lost[1]["status"] == "failed", lost
+    assert re.match(rf"device lost: {reason}", lost[1]["error"]), lost[1]["error"]
+    assert re.search(rf"{re.escape(victim)}: device lost \({reason}", bench["stderr"]), bench["stderr"]
     assert bench["stderr"].strip().splitlines()[-1].startswith("edgeconv: error: 1 of 4 benchmarks failed")
 
 
