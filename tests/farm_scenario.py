@@ -130,6 +130,10 @@ def main() -> None:
             out["rows"] = [dict(zip(("serial", "status", "error", "extra"), row, strict=True)) for row in db.execute(
                 "SELECT d.serial, r.status, r.error, r.extra FROM runs r JOIN devices d ON d.id = r.device_id "
                 "ORDER BY r.id")]
+    except Exception:  # noqa: BLE001 - what went wrong goes into the JSON, for the test to show
+        import traceback
+
+        out["scenario_error"] = traceback.format_exc()[-3000:]
     finally:
         for name, env in [*hosts, ("head", head_env)]:
             r = edgeconv(env, "farm", "stop", "--json", timeout=120)
