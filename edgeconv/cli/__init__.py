@@ -16,6 +16,7 @@ from .common import CONTEXT, Group
 from .compare import compare_cmd
 from .farm import farm_cmd
 from .models import models_cmd
+from .profile import profile_cmd
 from .recipe import recipe_cmd
 from .results import report, results
 
@@ -34,8 +35,8 @@ def cli() -> None:
     """
 
 
-for command in (models_cmd, recipe_cmd, build_cmd, eval_cmd, check_cmd, devices, bench, farm_cmd, results, report,
-                compare_cmd):
+for command in (models_cmd, recipe_cmd, build_cmd, eval_cmd, check_cmd, devices, bench, profile_cmd, farm_cmd, results,
+                report, compare_cmd):
     cli.add_command(command)
 
 
