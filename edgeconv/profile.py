@@ -9,15 +9,18 @@ How block latencies are measured: the built .tflite artifact is cut at the block
 (:mod:`edgeconv.export.tflite_slice`), one small model per block holding exactly the whole
 model's ops, weights and - for int8 - scales and zero points, and every slice is timed with the
 normal benchmark protocol of that device (a fresh worker per slice on the host, the device's runner
-over ADB), together with the whole artifact in the same run. Slices are used rather than per-op
+over ADB), together with the whole artifact in the same run. The timed region is ``invoke()``
+alone, as benchmark_model's: a slice's output is an int8 feature map whose conversion for the
+caller (dequantizing 400 K values after Lite0's stem: 1.5 ms on this host, more than the stem's
+own 1.2 ms) is not the block's cost. Slices are used rather than per-op
 timings (``benchmark_model --enable_op_profiling``) because they work with every runner edgeconv
 has (our Python runner on boards has no op profiler) and they measure a block the way it runs
 (one invoke, XNNPACK's partitioning of that block); the price is one invoke's overhead per block,
 which the last row shows: the sum of the blocks against the whole model's median, measured in the
 same run (its ratio is reported, not hidden).
 
-int8 error (int8 profiles): on the build's calibration images (the bundled photos, preprocessed
-as the recipe says), every block boundary is read out of one invoke of the whole int8 model and of
+int8 error (int8 profiles): on a deterministic sample of the build's calibration images (its
+``--calib`` folder while it exists, else the bundled photos; preprocessed as the recipe says), every block boundary is read out of one invoke of the whole int8 model and of
 the whole fp32 model of the same build (the models with their boundary tensors as extra outputs):
 ``sqnr_db`` = 10 log10(Σ f² / Σ (q - f)²) and the cosine of the dequantized int8 output ``q``
 against the fp32 one ``f`` - the error accumulated up to that block. ``local_sqnr_db`` is the block
@@ -255,11 +258,17 @@ def _round(v: float | None, nd: int) -> float | None:
     return round(v, nd)
 
 
-def error_images(manifest: dict, k: int = ERROR_IMAGES) -> np.ndarray:
-    """The first ``k`` bundled calibration photos, preprocessed like the build, NHWC."""
-    from .bench.parity import parity_inputs
+def error_images(manifest: dict, k: int = ERROR_IMAGES) -> tuple[np.ndarray, str]:
+    """(``k`` images NHWC, where from): a deterministic sample of the build's own calibration
+    folder when it is still there, else of the bundled photos; preprocessed like the build."""
+    from .data import calibration_set
+    from .recipe import Preprocess
 
-    return np.ascontiguousarray(parity_inputs(manifest, k).transpose(0, 2, 3, 1))
+    source = (manifest.get("calibration") or {}).get("source")
+    folder = source if source not in (None, "bundled", "synthetic") and Path(source).is_dir() else None
+    pp = Preprocess(**manifest["input"]["preprocess"])
+    cs = calibration_set(folder, int(manifest["input"]["shape"][-1]), pp, size=k)
+    return np.ascontiguousarray(cs.inputs.transpose(0, 2, 3, 1)), cs.source
 
 
 # ------------------------------------------------------------------------------------------------
@@ -308,7 +317,7 @@ def _stats(rec) -> dict[str, Any]:
 
 def assemble(request: ProfileRequest, manifest: dict, names, counts, sliced: Sliced,
              timings: dict[str, dict], whole: dict, errors: list[dict] | None,
-             fallback: Sequence[str], images: int) -> dict[str, Any]:
+             fallback: Sequence[str], images: int, source: str | None = None) -> dict[str, Any]:
     """The profile record (the shape ``Store.record_profile`` keeps) from its measured parts."""
     from .export import tflite_slice as ts
 
@@ -337,7 +346,7 @@ def assemble(request: ProfileRequest, manifest: dict, names, counts, sliced: Sli
     return {"model": manifest.get("model", request.name), "format": "tflite", "precision": request.precision,
             "runtime": "tflite", "resolution": manifest.get("resolution"), "method": "slices",
             "runs": request.runs, "warmup": request.warmup, "threads": 1, "whole": whole,
-            "sum_median_ms": total, "ratio": ratio, "error_images": images, "rows": rows,
+            "sum_median_ms": total, "ratio": ratio, "error_images": images, "error_source": source, "rows": rows,
             "params": manifest.get("params"), "macs": manifest.get("macs")}
 
 
@@ -387,11 +396,11 @@ def run_profile(request: ProfileRequest, store=None, progress: Progress = _quiet
     counts = count_rows(recipe)
     fallback = next((a.get("float_fallback") or [] for a in manifest["artifacts"]
                      if a.get("format") == "tflite" and a.get("precision") == request.precision), [])
-    errors, images = None, 0
+    errors, images, source = None, 0, None
     if request.precision == "int8" and request.error_images > 0:
         fp32 = slice_artifact(by_prec["fp32"].file, folder / "profile" / "fp32", [n for n, _, _ in names])
-        imgs = error_images(manifest, request.error_images)
-        progress("step", message=f"int8 error of every block on {len(imgs)} calibration images")
+        imgs, source = error_images(manifest, request.error_images)
+        progress("step", message=f"int8 error of every block on {len(imgs)} calibration images ({source})")
         errors, images = block_errors(sliced, fp32, imgs), len(imgs)
     jobs = _slice_targets(sliced, names, target.artifact, manifest)
     labels = {id(t): n for t, n in zip(jobs, [n for n, _, _ in names] + ["whole"], strict=True)}
@@ -412,13 +421,13 @@ def run_profile(request: ProfileRequest, store=None, progress: Progress = _quiet
             progress("measured", block=labels[id(t)], **results[key][labels[id(t)]])
 
         runmod._bench_host(jobs, runs=request.runs, warmup=request.warmup, threads=1, core=request.core,
-                           on_result=on_result, on_progress=on_progress)
+                           on_result=on_result, on_progress=on_progress, invoke_only=True)
     else:
         from .bench.android import RemoteOptions
 
         opts = RemoteOptions(runs=request.runs, warmup=request.warmup, threads=1, cores=None,
                              cooldown=request.cooldown if request.cooldown is not None else 0.0,
-                             runner=request.runner)
+                             runner=request.runner, invoke_only=True)
 
         def on_outcome(o) -> None:
             serial = (o.device or {}).get("serial", "?")
@@ -430,7 +439,7 @@ def run_profile(request: ProfileRequest, store=None, progress: Progress = _quiet
                              warn=lambda m: progress("warn", message=m))
     for key, rows in results.items():
         whole = rows.get("whole") or {"median_ms": None, "p90_ms": None, "status": "failed", "error": "not measured"}
-        prof = assemble(request, manifest, names, counts, sliced, rows, whole, errors, fallback, images)
+        prof = assemble(request, manifest, names, counts, sliced, rows, whole, errors, fallback, images, source)
         info = devices[key]
         prof["device"] = {k: info.get(k) for k in ("kind", "name", "serial", "emulated") if k in info}
         prof["tag"] = request.tag

@@ -10,6 +10,8 @@ Flags (``--name=value``, as benchmark_model): ``--graph``, ``--num_threads``, ``
 ``--use_xnnpack``; an unknown flag is ignored with a warning ("Unconsumed cmdline flags"), like
 benchmark_model. Flags of our own: ``--report_run_timings=true`` adds a line with every timed
 run in nanoseconds, so the host can store raw timings rather than only the aggregates;
+``--time_invoke_only=true`` times ``invoke()`` alone, as benchmark_model does (``edgeconv profile``:
+a block's output conversion is not the block's cost);
 ``--parity_inputs=IN.npy --parity_outputs=OUT.npy`` runs each input of IN (K x 3 x H x W float32,
 prepared like the timed input) after the timed runs and writes the K outputs (dequantized float32)
 to OUT, for the host's output parity check (:mod:`edgeconv.bench.parity`).
@@ -56,6 +58,7 @@ FLAGS: dict[str, tuple[type, object]] = {
     "run_delay": (float, -1.0),
     "use_xnnpack": (bool, True),
     "report_run_timings": (bool, False),
+    "time_invoke_only": (bool, False),
     "parity_inputs": (str, ""),
     "parity_outputs": (str, ""),
     "help": (bool, False),
@@ -329,6 +332,10 @@ def benchmark(flags: dict[str, Any], log: Log) -> int:
         set_input(x)
         invoke()
         get_output()
+
+    if flags["time_invoke_only"]:
+        set_input(x)
+        step = invoke  # noqa: F811 - benchmark_model's timed region
 
     max_secs, delay = flags["max_secs"], flags["run_delay"]
     warmup, _ = run_phase(step, flags["warmup_runs"], flags["warmup_min_secs"], max_secs, delay, log)

@@ -41,7 +41,7 @@ def run(db: Path, *args: str):
 def _sample_image(manifest: dict) -> np.ndarray:
     from edgeconv.profile import error_images
 
-    return error_images(manifest, 1)
+    return error_images(manifest, 1)[0]
 
 
 def test_tinynet_e_rows_add_up_to_the_model(tinynet: Path) -> None:  # noqa: F811
@@ -94,7 +94,7 @@ def test_the_int8_error_of_the_head_is_that_of_the_logits(tinynet: Path, tmp_pat
     from edgeconv.runtimes.tflite import TFLiteRunner
 
     manifest = json.loads((tinynet / "manifest.json").read_text())
-    imgs = error_images(manifest, 8)
+    imgs, _ = error_images(manifest, 8)
     q = slice_artifact(tinynet / "tflite" / "int8.tflite", tmp_path / "q", TINYNET_E_ROWS)
     f = slice_artifact(tinynet / "tflite" / "fp32.tflite", tmp_path / "f", TINYNET_E_ROWS)
     errors = block_errors(q, f, imgs)

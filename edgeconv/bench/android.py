@@ -125,6 +125,7 @@ class RemoteOptions:
     timeout_s: float = RUN_TIMEOUT_S
     reconnect_timeout_s: float = RECONNECT_TIMEOUT_S
     until_stable: int = 1  # measure each artifact up to this many times until its verdict is stable
+    invoke_only: bool = False  # time invoke() alone (benchmark_model always does; our runner on request)
 
 
 @dataclass
@@ -332,7 +333,8 @@ def runner_flags(runner: Runner, model: str, opts: RemoteOptions, extra: Sequenc
     flags = [f"--graph={model}", f"--num_threads={opts.threads}", f"--num_runs={opts.runs}",
              f"--warmup_runs={opts.warmup}", "--min_secs=0", f"--max_secs={opts.timeout_s:g}",
              "--use_xnnpack=true", *extra]
-    return flags + (["--report_run_timings=true"] if runner.kind == "python" else [])
+    ours = ["--report_run_timings=true"] + (["--time_invoke_only=true"] if opts.invoke_only else [])
+    return flags + (ours if runner.kind == "python" else [])
 
 
 # ------------------------------------------------------------------------------------------------

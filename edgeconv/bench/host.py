@@ -61,6 +61,7 @@ class BenchJob:
     runs: int = 1000
     core: int | None = None  # pin here when threads == 1 (default: the last allowed core)
     invoke_only_runs: int = 0  # extra loop timing invoke() alone, to split runtime vs harness time
+    invoke_only: bool = False  # the timed loop itself times invoke() alone (edgeconv profile)
     seed: int = 0
     label: str = ""
 
@@ -117,6 +118,8 @@ def timed_loop(runner, x: np.ndarray, n: int, on_step: Callable[[int], None] | N
             t0 = clock()
             invoke()
             out[i] = clock() - t0
+            if on_step is not None and (i + 1) % every == 0:
+                on_step(i + 1)
         return out
     for i in range(n):
         t0 = clock()
@@ -206,12 +209,13 @@ def measure(job: BenchJob, progress: ProgressFn | None = None) -> dict:
         x = _input_for(runner, job.seed)
         res["first_ms"] = timed_loop(runner, x, 1)[0] / 1e6
         progress("warmup", 0, job.warmup)
-        timed_loop(runner, x, job.warmup)
+        timed_loop(runner, x, job.warmup, invoke_only=job.invoke_only)
         gc.collect()
         gc.disable()  # a collection inside the timed loop would be charged to the model
         progress("runs", 0, job.runs)
         with LoopContext(_cores(res["cores"])) as ctx:
-            res["timings_ns"] = timed_loop(runner, x, job.runs, lambda i: progress("runs", i, job.runs))
+            res["timings_ns"] = timed_loop(runner, x, job.runs, lambda i: progress("runs", i, job.runs),
+                                           invoke_only=job.invoke_only)
         res["context"] = ctx.result
         res["harness_overhead_ns"] = float(np.median(timed_loop(_NullRunner(), x, OVERHEAD_RUNS)))
         if job.invoke_only_runs:
@@ -291,6 +295,8 @@ def _to_record(job: BenchJob, res: dict, log: str) -> RunRecord:
     extra = {k: res[k] for k in ("import_ms", "invoke_only_median_ns", "output_shape", "output_finite")
              if k in res}
     extra["inference_precision"] = inference_precision(job.runtime, job.precision)
+    if job.invoke_only:
+        extra["timed_region"] = "invoke"
     extra["python"] = sys.version.split()[0]
     return RunRecord(
         runtime=job.runtime, status=res.get("status", "failed"), runs_requested=job.runs,

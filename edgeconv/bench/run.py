@@ -192,11 +192,13 @@ def ensure_artifacts(name: str, out: str | Path, weights: str | None, runtimes: 
 
 def _bench_host(targets: list[Target], *, runs: int, warmup: int, threads: int, core: int | None,
                 on_result: Callable[[Target, RunRecord], None],
-                on_progress: Callable[[Target, str, int, int], None] | None, until_stable: int = 1) -> None:
+                on_progress: Callable[[Target, str, int, int], None] | None, until_stable: int = 1,
+                invoke_only: bool = False) -> None:
     from ..bench.host import BenchJob, bench_host
 
     jobs = [BenchJob(path=str(t.file), runtime=t.runtime, precision=t.artifact.precision,
-                     threads=threads, warmup=warmup, runs=runs, core=core, label=t.label)
+                     threads=threads, warmup=warmup, runs=runs, core=core, label=t.label,
+                     invoke_only=invoke_only)
             for t in targets]
     by_job = {id(j): t for j, t in zip(jobs, targets, strict=True)}
     bench_host(jobs, on_result=lambda j, rec: on_result(by_job[id(j)], rec),
