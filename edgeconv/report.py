@@ -718,12 +718,9 @@ def _bar_figure(bars: Sequence[ProfileBar], title: str, xlabel: str, ticks: Sequ
     n_ticks = len(ticks)
     ax.set_yticks(range(n_ticks), list(ticks), fontsize=7, family="monospace")
     ax.set_ylim(n_ticks - 0.5, -0.5)  # network order from the top
-    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_xlabel(f"{xlabel}\n{note}" if note else xlabel, fontsize=8)  # the note below: it covers no bar
     ax.set_title("\n".join(textwrap.wrap(title, 110)), fontsize=8, loc="left")
     ax.grid(True, axis="x", alpha=0.3)
-    if note:
-        ax.text(0.99, 0.02, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
-                bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.7"})
     if legend:
         ax.legend(handles=[Patch(color=c, label=lb) for lb, c in legend], loc="upper center",
                   bbox_to_anchor=(0.5, -0.12 if n_ticks > 8 else -0.2), ncol=min(len(legend), 9), fontsize=7,
@@ -768,7 +765,10 @@ def plot_profile(profile: dict, path: str | Path, title: str | None = None) -> P
     xlabel = ("share of the summed block latency (%)" +
               (f", median of {profile['runs']} runs" if profile.get("runs") else "") +
               ("; emulated device: timings are not latency" if emulated else ""))
-    legend = [(g, stage_color(g)) for g in dict.fromkeys(b.group for b in bars)]
+    groups = list(dict.fromkeys(b.group for b in bars))
+    ends = [g for g in groups if stage_color(g) == STAGE_GREY]
+    legend = [(", ".join(ends), STAGE_GREY)] if ends else []
+    legend += [(g, stage_color(g)) for g in groups if g not in ends]
     fig, drawn = _bar_figure(bars, title or profile_title(profile), xlabel, [b.label for b in bars],
                              range(len(bars)), legend, note)
     _save_figure(fig, path, fmt)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -307,7 +308,7 @@ class Store:
             self.conn.row_factory = sqlite3.Row
             self.conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
             self.conn.execute("PRAGMA foreign_keys = ON")
-            self.conn.execute("PRAGMA journal_mode = WAL")
+            self._wal(timeout_s)
             self._migrate()
         except sqlite3.Error as e:
             self.conn.close()
@@ -317,6 +318,21 @@ class Store:
             raise
 
     # -- plumbing ---------------------------------------------------------------------------------
+    def _wal(self, timeout_s: float) -> None:
+        """``PRAGMA journal_mode = WAL``, retried: when two processes open a new file at the same
+        moment, SQLite answers "database is locked" at once instead of waiting ``busy_timeout`` (the
+        switch needs the exclusive lock while this connection holds a shared one)."""
+        deadline, delay = time.monotonic() + timeout_s, 0.001
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 0.05)
+
     def close(self) -> None:
         self.conn.close()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -186,3 +187,173 @@ def test_schema_3_store_is_upgraded_keeping_its_runs(tmp_path: Path) -> None:
         assert s.conn.execute("SELECT count(*) FROM artifacts").fetchone()[0] == 1
         s.conn.execute("DELETE FROM profiles")  # rows go with their profile
         assert s.conn.execute("SELECT count(*) FROM profile_rows").fetchone()[0] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# rows, stages, comparison
+# ------------------------------------------------------------------------------------------------
+def test_table_rows_sum_whole_and_ratio(db: Path) -> None:
+    with Store(db) as s:
+        board, host = s.profiles()
+    rows = profile_table_rows(host)
+    assert [r["kind"] for r in rows] == ["block"] * 12 + ["sum", "whole"]
+    assert all(tuple(r)[:len(PROFILE_FIELDS)] == PROFILE_FIELDS for r in rows)
+    first, total, whole = rows[0], rows[-2], rows[-1]
+    assert (first["index"], first["name"], first["block"], first["shape"]) == \
+        (0, "stem", "conv3x3_s2_c8", "106x106x3→53x53x8")
+    assert [r["fallback"] for r in rows[:12]].count("float") == 1 and rows[10]["fallback"] == "float"
+    assert total["median_ms"] == pytest.approx(sum(b[6] for b in BLOCKS))
+    assert total["macs"] == sum(b[5] for b in BLOCKS) and total["share"] == pytest.approx(1.0)
+    assert whole["median_ms"] == pytest.approx(total["median_ms"] / 1.14) and whole["ratio"] == pytest.approx(1.14)
+    assert whole["block"] == "sum of blocks / whole = 1.14" and whole["shape"] == "106x106x3→1000"
+    assert whole["macs_per_us"] == pytest.approx(total["macs"] / (whole["median_ms"] * 1000))
+    assert [c[1] for c in profile_columns(rows)] == [
+        "#", "block", "recipe block", "in→out", "params", "MACs", "median ms", "p90 ms", "share %", "MACs/µs",
+        "SQNR dB", "local SQNR dB", "cosine", "fallback"]
+    md = to_markdown(rows, profile_columns(rows)).splitlines()
+    assert md[2] == ("| 0 | stem | conv3x3_s2_c8 | 106x106x3→53x53x8 | 224 | 607k | 0.052 | 0.056 | 4.4 | 11668 "
+                     "| 38.0 | 40.0 | 1.0000 |  |")
+    assert md[-2].startswith("|  | sum of blocks |  |  | 2.1M | 22.9M | 1.17 | - | 100.0 |")
+    assert md[-1].startswith("|  | whole model | sum of blocks / whole = 1.14 | 106x106x3→1000 | - | - | 1.03 | 1.08 |")
+    assert profile_title(host) == (f"profile of tinynet-e (tflite int8) on box: tflite, 1 thread, median of 200 runs, "
+                                   f"blocks timed as slices, int8 error on 32 images "
+                                   f"({host['created_at'][:16].replace('T', ' ')} UTC)")
+    assert EMULATED_TIMINGS_MARK == " (emulated: timings are not latency)"
+    assert profile_title(board).startswith("profile of tinynet-e (tflite int8) on qemu-arm64 (emulated: timings "
+                                           "are not latency): ")
+    assert profile_table_rows(board)[0]["device"] == "qemu-arm64 (emulated)"
+
+
+def test_float_profile_and_failed_row_columns() -> None:
+    p = make_profile(precision="fp32")
+    p["rows"][2].update(median_ms=None, share=None, status="failed", error="slice did not convert")
+    p.update(sum_median_ms=None, ratio=None)
+    rows = profile_table_rows(p)
+    keys = [c[0] for c in profile_columns(rows)]
+    assert "sqnr_db" not in keys and "cosine" not in keys and "fallback" not in keys and keys[-1] == "error"
+    assert rows[-2]["median_ms"] is None and rows[-1]["block"] == "sum of blocks / whole: -"
+    assert "this host" in profile_title(p) and "int8 error" not in profile_title(p)
+
+
+def test_stage_rows_and_comparison() -> None:
+    a, b = make_profile(), make_profile("tinynet-a", scale=3.0, blocks=BLOCKS[:6] + BLOCKS[-1:])
+    stages = stage_rows(a)
+    assert [r["stage"] for r in stages] == ["stem", *(f"stage {i}" for i in range(7)), "head"]
+    assert [r["blocks"] for r in stages] == [1, 1, 2, 2, 2, 1, 1, 1, 1]
+    assert stages[2]["median_ms"] == pytest.approx(0.108 + 0.094) and stages[2]["macs"] == 1_327_248 + 2_468_736
+    assert sum(r["share"] for r in stages) == pytest.approx(1.0)
+    assert sum(r["params"] for r in stages) == sum(blk[4] for blk in BLOCKS)
+    cmp = compare_stage_rows(a, b)
+    assert [r["stage"] for r in cmp] == ["stem", *(f"stage {i}" for i in range(7)), "head", "sum of blocks",
+                                         "whole model"]
+    assert cmp[0]["delta_ms"] == pytest.approx(2 * 0.052) and cmp[0]["b_macs"] == 606_744
+    assert (cmp[5]["a_ms"], cmp[5]["b_ms"], cmp[5]["delta_ms"]) == (pytest.approx(0.098), None, None)  # no B stage 4
+    assert cmp[-2]["b_ms"] == pytest.approx(b["sum_median_ms"])
+    assert cmp[-1]["a_ms"] == pytest.approx(a["whole"]["median_ms"])
+
+
+# ------------------------------------------------------------------------------------------------
+# edgeconv report --profile
+# ------------------------------------------------------------------------------------------------
+def test_report_profile_tables(db: Path) -> None:
+    r = CliRunner().invoke(report, ["--db", str(db), "--profile", "tinynet-e"])
+    assert r.exit_code == 0, r.stderr
+    out = r.stdout
+    assert out.count("profile of tinynet-e (tflite int8) on ") == 2  # one table per device
+    assert "on qemu-arm64 (emulated: timings are not latency)" in out and "on box: tflite" in out
+    for name in ("stem", "blocks.3.1", "head", "sum of blocks", "whole model"):
+        assert len(re.findall(rf"│ {re.escape(name)} +│", out)) == 2, name
+    assert out.count("sum of blocks / whole = 1.14") == 2 and "ir_k3_s1_e6_c160" in out and " float " in out
+    r = CliRunner().invoke(report, ["--db", str(db), "--profile", "tinynet-e", "--device", "board", "--markdown"])
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("### profile of tinynet-e (tflite int8) on qemu-arm64 (emulated: timings are not "
+                               "latency)")
+    assert lines[2].startswith("| # | block | recipe block | in→out |") and len(lines) == 2 + 2 + 12 + 2
+
+
+def test_report_profile_json_round_trips_and_csv(db: Path) -> None:
+    record(db, HOST, make_profile(precision="fp32"))
+    run = CliRunner()
+    r = run.invoke(report, ["--db", str(db), "--profile", "tinynet-e", "--json"])
+    assert r.exit_code == 0, r.stderr
+    with Store(db) as s:
+        assert json.loads(r.stdout) == s.profiles(["tinynet-e"])
+    got = json.loads(run.invoke(report, ["--db", str(db), "--profile", "tinynet-e", "--precision", "int8", "--device",
+                                         "host", "--json"]).stdout)
+    assert len(got) == 1 and as_recorded(got[0]) == make_profile()
+    r = run.invoke(report, ["--db", str(db), "--profile", "tinynet-e", "--csv", "--precision", "fp32"])
+    lines = r.stdout.splitlines()
+    assert lines[0] == ",".join(PROFILE_FIELDS) and len(lines) == 1 + 14
+    assert lines[1].startswith("tinynet-e,tflite,fp32,box,False,tflite,block,0,stem,,conv3x3_s2_c8,106x106x3,53x53x8,")
+
+
+def test_report_profile_missing_is_one_line(db: Path, tmp_path: Path) -> None:
+    run = CliRunner()
+    r = run.invoke(report, ["--db", str(db), "--profile", "efficientnet-b0"])
+    assert (r.exit_code, r.stdout, r.stderr) == (
+        1, "", "edgeconv: error: no stored profile of efficientnet-b0; run 'edgeconv profile efficientnet-b0' first\n")
+    r = run.invoke(report, ["--db", str(db), "--profile", "tinynet-e", "--precision", "fp16"])
+    assert (r.exit_code, r.stderr) == (1, "edgeconv: error: no stored profile of tinynet-e at precision fp16; "
+                                          "run 'edgeconv profile tinynet-e' first\n")
+    r = run.invoke(report, ["--db", str(tmp_path / "none.db"), "--profile", "tinynet-e"])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "no stored profile of tinynet-e" in r.stderr
+    assert not (tmp_path / "none.db").exists()
+    r = run.invoke(report, ["--db", str(db), "--precision", "int8"])
+    assert (r.exit_code, r.stderr) == (2, "edgeconv: error: --precision goes with --profile NAME\n")
+
+
+def test_report_profile_plot(db: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(report, ["--db", str(db), "--profile", "tinynet-e", "--device", "box", "--plot",
+                                    str(tmp_path / "p.png")])
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr == f"plotted 12 blocks of tinynet-e (int8 on box) to {tmp_path}/p.png\n"
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# plots
+# ------------------------------------------------------------------------------------------------
+def test_plot_profile_png_and_svg(db: Path, tmp_path: Path) -> None:
+    with Store(db) as s:
+        board, host = s.profiles()
+    png = tmp_path / "p.png"
+    facts = plot_profile(host, png)
+    assert len(facts) == facts.drawn == 12
+    assert [b.group for b in facts.bars][:3] == ["stem", "stage 0", "stage 1"] and facts.bars[-1].group == "head"
+    assert facts.bars[0].color == facts.bars[-1].color == "#9e9e9e" and facts.bars[1].color != facts.bars[2].color
+    assert sum(b.value for b in facts.bars) == pytest.approx(100.0)
+    assert facts.bars[0].text == "0.052 ms · SQNR 38.0 dB" and facts.bars[10].text.endswith("· float")
+    assert facts.note == "sum of blocks 1.17 ms = 1.14 × whole model 1.03 ms"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    width, height = Image.open(png).size
+    assert width == 1350 and height >= 480
+    svg = tmp_path / "p.svg"
+    facts = plot_profile(board, svg)
+    text = svg.read_text()
+    assert text.startswith("<?xml") and "<svg" in text and facts.drawn == 12
+    assert "emulated: timings are not latency" in facts.title and "emulated device" in facts.xlabel
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_plot_profile_readable_for_b0_sized_profiles(tmp_path: Path) -> None:
+    blocks = [BLOCKS[0]] + [(f"blocks.{s}.{j}", s, f"ir_k5_s1_e6_c{16 * (s + 1)}", (7, 7, 16), 1000, 900_000,
+                             0.05 + s / 50) for s, n in enumerate((1, 2, 2, 3, 3, 4, 1)) for j in range(n)]
+    blocks.append(BLOCKS[-1])
+    p = make_profile("efficientnet-b0", blocks=blocks)
+    p["rows"][5].update(median_ms=None, share=None, status="failed", error="slice did not convert")
+    facts = plot_profile(p, tmp_path / "b0.png")
+    assert len(facts) == facts.drawn == 18 and facts.bars[5].value == 0.0 and facts.bars[5].text.startswith("failed")
+    assert Image.open(tmp_path / "b0.png").size[1] > 0.3 * 18 * 150  # about 0.3 inch per bar
+
+
+def test_plot_profile_compare_and_errors(tmp_path: Path) -> None:
+    a, b = make_profile(), make_profile("tinynet-a", scale=3.0, blocks=BLOCKS[:6] + BLOCKS[-1:])
+    facts = plot_profile_compare(a, b, tmp_path / "c.svg")
+    assert len(facts) == facts.drawn == 2 * 9 and [x.group for x in facts.bars[:2]] == ["A", "B"]
+    assert facts.bars[1].text == "0.156 ms (+0.104)" and facts.bars[11].text == "-"  # B has no stage 4
+    assert facts.title == "A = tinynet-e (tflite int8) on this host, B = tinynet-a (tflite int8) on this host"
+    assert (tmp_path / "c.svg").read_text().startswith("<?xml")
+    with pytest.raises(UserError, match=r"use a \.png or \.svg file name"):
+        plot_profile(a, tmp_path / "p.pdf")
+    with pytest.raises(UserError, match="the profile has no blocks"):
+        plot_profile({**copy.deepcopy(a), "rows": []}, tmp_path / "p.png")
