@@ -481,7 +481,7 @@ class Store:
                 raise ValueError(f"a profile needs its {key}")
         p = _plain(dict(profile))
         whole = p.get("whole")
-        known = {"model", "format", "whole", "rows", "created_at", *PROFILE_COLUMNS}
+        known = {"whole", "rows", *PROFILE_STORED_KEYS, *PROFILE_COLUMNS}  # a profile read back: stored anew
         extra = {k: v for k, v in p.items() if k not in known}
         extra["whole"] = None if whole is None else {k: v for k, v in whole.items()
                                                      if k not in ("median_ms", "p90_ms")}

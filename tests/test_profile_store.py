@@ -118,6 +118,11 @@ def test_round_trip_host_and_emulated_board(db: Path) -> None:
     assert (host["model"], host["format"], host["precision"], host["tag"]) == ("tinynet-e", "tflite", "int8", None)
     assert host["created_at"] < board["created_at"] and host["id"] < board["id"]
     assert set(host) - set(make_profile()) == set(PROFILE_STORED_KEYS) - {"model", "format", "precision"}
+    again = record(db, BOARD, host)  # a profile read back, stored anew (another device): new id, its device
+    with Store(db) as s:
+        copied = s.profiles(device="board", latest=True)[0]
+    assert (copied["id"], copied["device"], copied["device_emulated"]) == (again, "qemu-arm64", True) and again == 3
+    assert as_recorded(copied) == make_profile() and copied["created_at"] == host["created_at"]
 
 
 def test_numpy_values_failed_rows_and_extra_keys_come_back(tmp_path: Path) -> None:
