@@ -30,7 +30,7 @@ _FAMILY_PREFIX = (("tinynet", "TinyNet"), ("efficientnet-lite", "EfficientNet-Li
                   ("efficientnet", "EfficientNet"))
 PLOT_SUFFIXES = (".png", ".svg")
 TEXT_KEYS = {"model", "device", "error", "status", "runtime", "format", "precision", "finished_at", "verdict",
-             "tag", "what", "notes", "dataset"}
+             "tag", "what", "notes", "dataset", "name", "block", "shape", "fallback", "stage"}
 
 
 def family_of(model: str) -> str:
@@ -78,6 +78,8 @@ REPORT_FIELDS = ("model", "format", "precision", "device", "device_kind", "runti
                  "params", "macs", "run_id", "finished_at", "emulated",
                  "parity", "parity_max_diff", "parity_top1", "parity_step")
 EMULATED_MARK = " (emulated)"  # appended to the device of every row measured on an emulated device
+# in a profile's title and plot: what an emulated device's block timings are not
+EMULATED_TIMINGS_MARK = f"{EMULATED_MARK[:-1]}: timings are not latency)"
 
 
 def parity_text(row: dict) -> str:
@@ -371,17 +373,29 @@ def _place_labels(fig, ax, points: Sequence[PlotPoint], avoid=()) -> list[tuple[
     return boxes
 
 
-def plot_pareto(rows: Sequence[dict], path: str | Path, title: str | None = None) -> PlotFacts:
-    """Latency (x, median ms) against ImageNet top-1 (y): measured where ``eval`` stored a result,
-    the published figure otherwise (hollow markers); the Pareto front as a step line. Only when no
-    model has any top-1, latency against MACs, without a front. PNG or SVG by the file suffix,
-    written atomically. Returns what was plotted (:class:`PlotFacts`)."""
+def _plot_path(path: str | Path) -> tuple[Path, str]:
+    """The plot file and its format (png or svg): a one-line error for another suffix or a folder
+    that does not exist."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in PLOT_SUFFIXES:
         raise UserError(f"--plot {path}: use a .png or .svg file name")
     if not path.absolute().parent.is_dir():
         raise UserError(f"--plot {path}: folder {path.parent} does not exist")
+    return path, suffix[1:]
+
+
+def _save_figure(fig, path: Path, fmt: str) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt)
+
+
+def plot_pareto(rows: Sequence[dict], path: str | Path, title: str | None = None) -> PlotFacts:
+    """Latency (x, median ms) against ImageNet top-1 (y): measured where ``eval`` stored a result,
+    the published figure otherwise (hollow markers); the Pareto front as a step line. Only when no
+    model has any top-1, latency against MACs, without a front. PNG or SVG by the file suffix,
+    written atomically. Returns what was plotted (:class:`PlotFacts`)."""
+    path, fmt = _plot_path(path)
     points, by_accuracy = plot_points(rows)
     if not points:
         raise UserError("nothing to plot: no benchmark results with latency and accuracy or MACs")
@@ -429,6 +443,359 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, title: str | None = None
     fig.set_layout_engine("none")
     e = legend.get_window_extent(fig.canvas.get_renderer())
     facts.label_boxes = _place_labels(fig, ax, points, avoid=[(e.x0, e.y0, e.x1, e.y1)])
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=suffix[1:])
+    _save_figure(fig, path, fmt)
     return facts
+
+
+# ------------------------------------------------------------------------------------------------
+# per-block profiles (edgeconv profile; stored by Store.record_profile)
+# ------------------------------------------------------------------------------------------------
+def fmt_count(v: object) -> str:
+    """Parameters and MACs: 224, 12.3k, 1.23M, 390M."""
+    if v is None:
+        return "-"
+    n = float(v)  # type: ignore[arg-type]
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            n /= div
+            return f"{n:.3g}{unit}" if n < 100 else f"{n:.0f}{unit}"
+    return f"{n:.0f}"
+
+
+def fmt_rate(v: object) -> str:
+    if v is None:
+        return "-"
+    v = float(v)  # type: ignore[arg-type]
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def fmt_share(v: object) -> str:
+    """A fraction in [0, 1] as a percentage."""
+    return "-" if v is None else f"{100 * float(v):.1f}"  # type: ignore[arg-type]
+
+
+def fmt_signed_ms(v: object) -> str:
+    return "-" if v is None else ("+" if float(v) >= 0 else "-") + fmt_ms(abs(float(v)))  # type: ignore[arg-type]
+
+
+def fmt_shape(shape: object) -> str:
+    """NHWC without the batch of 1: ``106x106x3``."""
+    if shape is None:
+        return "?"
+    dims = list(shape)  # type: ignore[call-overload]
+    if len(dims) > 1 and dims[0] == 1:
+        dims = dims[1:]
+    return "x".join(str(d) for d in dims)
+
+
+def _blank(v: object) -> str:
+    return "" if v is None else str(v)
+
+
+# the keys of a profile table row (also the CSV header); "kind": block | sum | whole
+PROFILE_FIELDS = ("model", "format", "precision", "device", "emulated", "runtime", "kind", "index", "name",
+                  "stage", "block", "in_shape", "out_shape", "params", "macs", "median_ms", "p90_ms", "share",
+                  "macs_per_us", "sqnr_db", "local_sqnr_db", "cosine", "float_fallback", "status", "error",
+                  "ratio")
+PROFILE_COLUMNS: list[Column] = [
+    ("index", "#", _blank), ("name", "block", _text), ("block", "recipe block", _blank),
+    ("shape", "in→out", _blank), ("params", "params", fmt_count), ("macs", "MACs", fmt_count),
+    ("median_ms", "median ms", fmt_ms), ("p90_ms", "p90 ms", fmt_ms), ("share", "share %", fmt_share),
+    ("macs_per_us", "MACs/µs", fmt_rate), ("sqnr_db", "SQNR dB", _fmt(".1f")),
+    ("local_sqnr_db", "local SQNR dB", _fmt(".1f")), ("cosine", "cosine", _fmt(".4f")),
+    ("fallback", "fallback", _blank), ("error", "error", _blank),
+]
+STAGE_COLUMNS: list[Column] = [
+    ("stage", "stage", _text), ("blocks", "blocks", _text), ("params", "params", fmt_count),
+    ("macs", "MACs", fmt_count), ("median_ms", "median ms", fmt_ms), ("share", "share %", fmt_share),
+]
+STAGE_COMPARE_COLUMNS: list[Column] = [
+    ("stage", "stage", _text), ("a_ms", "A ms", fmt_ms), ("b_ms", "B ms", fmt_ms),
+    ("delta_ms", "B-A ms", fmt_signed_ms), ("a_macs", "A MACs", fmt_count), ("b_macs", "B MACs", fmt_count),
+]
+INT8_KEYS = ("sqnr_db", "local_sqnr_db", "cosine")
+
+
+def _sum(values: Sequence[object]) -> float | None:
+    """The sum, or None when any value is missing (a failed row) or there are none."""
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values)  # type: ignore[arg-type]
+
+
+def _rate(macs: object, ms: object) -> float | None:
+    return macs / (ms * 1000) if macs is not None and ms else None  # type: ignore[operator]
+
+
+def _device_of(profile: dict) -> tuple[str, bool]:
+    return str(profile.get("device") or "this host"), bool(profile.get("device_emulated"))
+
+
+def profile_table_rows(profile: dict) -> list[dict]:
+    """One row per block of ``profile`` (as recorded, or as :meth:`Store.profiles` returns it), then
+    "sum of blocks" (params, MACs, the sum of the medians) and "whole model" (the whole model's own
+    median/p90 in the same run, and ``ratio`` = sum / whole, also said in its recipe-block cell).
+    Every row has :data:`PROFILE_FIELDS` plus the display keys ``shape`` and ``fallback``."""
+    device, emulated = _device_of(profile)
+    common = {"model": profile.get("model"), "format": profile.get("format"), "precision": profile.get("precision"),
+              "device": device + (EMULATED_MARK if emulated else ""), "emulated": emulated,
+              "runtime": profile.get("runtime")}
+    blocks = list(profile.get("rows") or [])
+    out = []
+    for i, r in enumerate(blocks):
+        row = {**{k: None for k in PROFILE_FIELDS}, **common, "kind": "block",
+               **{k: r.get(k) for k in PROFILE_FIELDS if k in r and k not in common}}
+        row.update(index=r.get("index", i), in_shape=fmt_shape(r.get("in_shape")),
+                   out_shape=fmt_shape(r.get("out_shape")), float_fallback=list(r.get("float_fallback") or []))
+        row.update(shape=f"{row['in_shape']}→{row['out_shape']}", fallback="float" if row["float_fallback"] else "")
+        out.append(row)
+    params, macs = _sum([r.get("params") for r in blocks]), _sum([r.get("macs") for r in blocks])
+    total = profile.get("sum_median_ms") if "sum_median_ms" in profile else _sum([r.get("median_ms") for r in blocks])
+    whole = profile.get("whole") or {}
+    ratio = profile.get("ratio")
+    if ratio is None and total is not None and whole.get("median_ms"):
+        ratio = total / whole["median_ms"]
+    empty = {**{k: None for k in PROFILE_FIELDS}, **common, "float_fallback": [], "fallback": ""}
+    out.append({**empty, "kind": "sum", "name": "sum of blocks", "params": params, "macs": macs,
+                "median_ms": total, "share": _sum([r.get("share") for r in blocks]), "macs_per_us": _rate(macs, total),
+                "status": "ok" if total is not None else "failed", "shape": ""})
+    first, last = (blocks[0], blocks[-1]) if blocks else ({}, {})
+    out.append({**empty, "kind": "whole", "name": "whole model",
+                "block": f"sum of blocks / whole = {ratio:.2f}" if ratio is not None else "sum of blocks / whole: -",
+                "in_shape": fmt_shape(first.get("in_shape")), "out_shape": fmt_shape(last.get("out_shape")),
+                "shape": f"{fmt_shape(first.get('in_shape'))}→{fmt_shape(last.get('out_shape'))}" if blocks else "",
+                "median_ms": whole.get("median_ms"), "p90_ms": whole.get("p90_ms"),
+                "macs_per_us": _rate(macs, whole.get("median_ms")), "ratio": ratio,
+                "status": whole.get("status"), "error": whole.get("error")})
+    return out
+
+
+def profile_columns(rows: Sequence[dict]) -> list[Column]:
+    """:data:`PROFILE_COLUMNS` without what says nothing here: the int8 error columns of a float
+    profile, the fallback column when nothing fell back, the error column when nothing failed."""
+    hidden = {k for k in INT8_KEYS if all(r.get(k) is None for r in rows)}
+    if not any(r.get("fallback") for r in rows):
+        hidden.add("fallback")
+    if not any(r.get("error") for r in rows):
+        hidden.add("error")
+    return [c for c in PROFILE_COLUMNS if c[0] not in hidden]
+
+
+def profile_title(profile: dict, device: str | None = None, emulated: bool | None = None) -> str:
+    """``profile of tinynet-e (tflite int8) on box: tflite, 1 thread, median of 200 runs, ...``;
+    an emulated device says :data:`EMULATED_TIMINGS_MARK`. ``device``/``emulated`` override what
+    the profile says (one not stored yet has no device name)."""
+    name, is_emulated = _device_of(profile)
+    name = device or name
+    is_emulated = is_emulated if emulated is None else emulated
+    threads = profile.get("threads") or 1
+    parts = [str(profile.get("runtime") or "?"), f"{threads} thread{'s' if threads != 1 else ''}"]
+    if profile.get("runs"):
+        parts.append(f"median of {profile['runs']} runs")
+    if profile.get("method"):
+        parts.append(f"blocks timed as {profile['method']}")
+    if profile.get("error_images"):
+        parts.append(f"int8 error on {profile['error_images']} images")
+    when = str(profile.get("created_at") or "")[:16].replace("T", " ")
+    return (f"profile of {profile.get('model')} ({profile.get('format')} {profile.get('precision')}) on {name}"
+            f"{EMULATED_TIMINGS_MARK if is_emulated else ''}: {', '.join(parts)}" + (f" ({when} UTC)" if when else ""))
+
+
+def _stage_label(row: dict, after_blocks: bool) -> str:
+    stage = row.get("stage")
+    if stage is not None:
+        return f"stage {stage}"
+    return "head" if after_blocks or row.get("name") == "head" else str(row.get("name") or "stem")
+
+
+def stage_rows(profile: dict) -> list[dict]:
+    """Per-stage sums in network order: stem, stage 0..N-1, head, each with its ``blocks`` count,
+    ``params``, ``macs``, ``median_ms`` and ``share`` (None where a block of it failed)."""
+    groups: dict[str, list[dict]] = {}
+    seen_stage = False
+    for r in profile.get("rows") or []:
+        groups.setdefault(_stage_label(r, seen_stage), []).append(r)
+        seen_stage = seen_stage or r.get("stage") is not None
+    return [{"stage": label, "blocks": len(rs), **{k: _sum([r.get(k) for r in rs])
+                                                   for k in ("params", "macs", "median_ms", "share")}}
+            for label, rs in groups.items()]
+
+
+def _stage_order(label: str) -> float:
+    if label == "stem":
+        return -1.0
+    if label.startswith("stage "):
+        try:
+            return float(label.split()[1])
+        except ValueError:
+            pass
+    return float("inf")
+
+
+def compare_stage_rows(a: dict, b: dict) -> list[dict]:
+    """Profile ``b`` against ``a`` stage by stage (``stage``, ``a_ms``, ``b_ms``, ``delta_ms`` =
+    B - A, ``a_macs``, ``b_macs``; None where a side has no such stage), then "sum of blocks" and
+    "whole model"."""
+    sa, sb = ({r["stage"]: r for r in stage_rows(p)} for p in (a, b))
+    labels = sorted(dict.fromkeys([*sa, *sb]), key=_stage_order)  # stable: stem, stages, head
+
+    def row(label: str, a_ms, b_ms, a_macs, b_macs) -> dict:
+        return {"stage": label, "a_ms": a_ms, "b_ms": b_ms,
+                "delta_ms": b_ms - a_ms if a_ms is not None and b_ms is not None else None,
+                "a_macs": a_macs, "b_macs": b_macs}
+
+    out = [row(lb, sa.get(lb, {}).get("median_ms"), sb.get(lb, {}).get("median_ms"),
+               sa.get(lb, {}).get("macs"), sb.get(lb, {}).get("macs")) for lb in labels]
+    ta, tb = profile_table_rows(a), profile_table_rows(b)
+    out.append(row("sum of blocks", ta[-2]["median_ms"], tb[-2]["median_ms"], ta[-2]["macs"], tb[-2]["macs"]))
+    out.append(row("whole model", ta[-1]["median_ms"], tb[-1]["median_ms"], ta[-2]["macs"], tb[-2]["macs"]))
+    return out
+
+
+def compare_title(a: dict, b: dict) -> str:
+    """``A = tinynet-e (tflite int8) on box, B = ...``, each with its emulated mark."""
+    def one(p: dict) -> str:
+        device, emulated = _device_of(p)
+        return (f"{p.get('model')} ({p.get('format')} {p.get('precision')}) on {device}"
+                f"{EMULATED_TIMINGS_MARK if emulated else ''}")
+    return f"A = {one(a)}, B = {one(b)}"
+
+
+STAGE_GREY = "#9e9e9e"  # stem and head
+STAGE_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+                 "#17becf", "#393b79")
+COMPARE_COLORS = ("#1f77b4", "#ff7f0e")  # A, B
+
+
+def stage_color(label: str) -> str:
+    """Grey for stem and head, one palette colour per stage number."""
+    order = _stage_order(label)
+    return STAGE_GREY if order in (-1.0, float("inf")) else STAGE_PALETTE[int(order) % len(STAGE_PALETTE)]
+
+
+@dataclass
+class ProfileBar:
+    label: str  # the y tick label
+    group: str  # stem, stage N, head (profile plot); A or B (comparison)
+    value: float  # bar length: share % (profile plot) or median ms (comparison)
+    color: str
+    text: str  # printed beside the bar: median ms, int8 SQNR, float fallback, failed
+
+
+@dataclass
+class ProfilePlotFacts:
+    """What a profile plot shows, for callers and tests; ``drawn``: the bars matplotlib drew."""
+
+    title: str
+    xlabel: str
+    bars: list[ProfileBar]
+    drawn: int
+    note: str = ""
+
+    def __len__(self) -> int:
+        return len(self.bars)
+
+
+def _bar_figure(bars: Sequence[ProfileBar], title: str, xlabel: str, ticks: Sequence[str], positions,
+                legend: Sequence[tuple[str, str]], note: str = "", height: float = 0.8):
+    """Horizontal bars, first at the top, each with its text beside it; the legend under the axes."""
+    import textwrap
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(9, max(3.2, 0.3 * len(ticks) * max(1, len(bars) / max(len(ticks), 1)) ** 0.5 + 1.8)),
+                 dpi=150, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    container = ax.barh(list(positions), [b.value for b in bars], height=height, color=[b.color for b in bars],
+                        edgecolor="black", linewidth=0.3)
+    top = max([b.value for b in bars] + [1e-9])
+    for y, b in zip(positions, bars, strict=True):
+        ax.text(b.value + top * 0.01, y, b.text, va="center", ha="left", fontsize=7)
+    ax.set_xlim(0, top * 1.45)  # room for the texts
+    n_ticks = len(ticks)
+    ax.set_yticks(range(n_ticks), list(ticks), fontsize=7, family="monospace")
+    ax.set_ylim(n_ticks - 0.5, -0.5)  # network order from the top
+    ax.set_xlabel(f"{xlabel}\n{note}" if note else xlabel, fontsize=8)  # the note below: it covers no bar
+    ax.set_title("\n".join(textwrap.wrap(title, 110)), fontsize=8, loc="left")
+    ax.grid(True, axis="x", alpha=0.3)
+    if legend:
+        ax.legend(handles=[Patch(color=c, label=lb) for lb, c in legend], loc="upper center",
+                  bbox_to_anchor=(0.5, -0.12 if n_ticks > 8 else -0.2), ncol=min(len(legend), 9), fontsize=7,
+                  frameon=False)
+    return fig, len(container.patches)
+
+
+def _block_text(r: dict) -> str:
+    if r.get("median_ms") is None:
+        return "failed" + (f": {str(r['error'])[:40]}" if r.get("error") else "")
+    parts = [f"{fmt_ms(r['median_ms'])} ms"]
+    if r.get("sqnr_db") is not None:
+        parts.append(f"SQNR {r['sqnr_db']:.1f} dB")
+    if r.get("float_fallback"):
+        parts.append("float")
+    return " · ".join(parts)
+
+
+def plot_profile(profile: dict, path: str | Path, title: str | None = None) -> ProfilePlotFacts:
+    """One horizontal bar per block in network order (stem at the top): its share of the summed
+    block latency, coloured by stage (stem and head grey), with its median ms and int8 SQNR beside
+    it; the sum/whole ratio in a corner. PNG or SVG by the suffix, written atomically."""
+    path, fmt = _plot_path(path)
+    rows = list(profile.get("rows") or [])
+    if not rows:
+        raise UserError("nothing to plot: the profile has no blocks")
+    total = _sum([r.get("median_ms") for r in rows])
+    bars, seen_stage = [], False
+    for r in rows:
+        group = _stage_label(r, seen_stage)
+        seen_stage = seen_stage or r.get("stage") is not None
+        share = r.get("share")
+        if share is None and r.get("median_ms") is not None and total:
+            share = r["median_ms"] / total
+        bars.append(ProfileBar(f"{r.get('name')}  {r.get('block') or ''}".rstrip(), group,
+                               100 * float(share or 0.0), stage_color(group), _block_text(r)))
+    table = profile_table_rows(profile)
+    whole, ratio = table[-1]["median_ms"], table[-1]["ratio"]
+    note = (f"sum of blocks {fmt_ms(table[-2]['median_ms'])} ms = {ratio:.2f} × whole model {fmt_ms(whole)} ms"
+            if ratio is not None else "sum of blocks / whole model: -")
+    _device, emulated = _device_of(profile)
+    xlabel = ("share of the summed block latency (%)" +
+              (f", median of {profile['runs']} runs" if profile.get("runs") else "") +
+              ("; emulated device: timings are not latency" if emulated else ""))
+    groups = list(dict.fromkeys(b.group for b in bars))
+    ends = [g for g in groups if stage_color(g) == STAGE_GREY]
+    legend = [(", ".join(ends), STAGE_GREY)] if ends else []
+    legend += [(g, stage_color(g)) for g in groups if g not in ends]
+    fig, drawn = _bar_figure(bars, title or profile_title(profile), xlabel, [b.label for b in bars],
+                             range(len(bars)), legend, note)
+    _save_figure(fig, path, fmt)
+    return ProfilePlotFacts(title or profile_title(profile), xlabel, bars, drawn, note)
+
+
+def plot_profile_compare(a: dict, b: dict, path: str | Path, title: str | None = None) -> ProfilePlotFacts:
+    """Median ms per stage of profile A and B side by side (two bars per stage, the difference
+    beside B's), for ``edgeconv profile A --compare B``. PNG or SVG by the suffix."""
+    path, fmt = _plot_path(path)
+    stages = [r for r in compare_stage_rows(a, b) if r["stage"] not in ("sum of blocks", "whole model")]
+    if not stages:
+        raise UserError("nothing to plot: the profiles have no blocks")
+    bars, positions = [], []
+    for i, r in enumerate(stages):
+        for j, (side, key) in enumerate((("A", "a_ms"), ("B", "b_ms"))):
+            v = r[key]
+            text = "-" if v is None else f"{fmt_ms(v)} ms"
+            if side == "B" and r["delta_ms"] is not None:
+                text += f" ({fmt_signed_ms(r['delta_ms'])})"
+            bars.append(ProfileBar(r["stage"], side, float(v or 0.0), COMPARE_COLORS[j], text))
+            positions.append(i - 0.2 + 0.4 * j)
+    full = title or compare_title(a, b)
+    emulated = any(_device_of(p)[1] for p in (a, b))
+    xlabel = "median ms per stage (sum of its blocks)" + ("; emulated: timings are not latency" if emulated else "")
+    legend = [(f"A: {a.get('model')} {a.get('precision')}", COMPARE_COLORS[0]),
+              (f"B: {b.get('model')} {b.get('precision')}", COMPARE_COLORS[1])]
+    fig, drawn = _bar_figure(bars, full, xlabel, [r["stage"] for r in stages], positions, legend, height=0.38)
+    _save_figure(fig, path, fmt)
+    return ProfilePlotFacts(full, xlabel, bars, drawn)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from .bench.stats import compress_timings, decompress_timings, summarize
 from .errors import UserError
 
 ENV_DB = "EDGECONV_DB"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 60.0
 DEVICE_KINDS = ("host", "android", "board")
 
@@ -101,6 +102,37 @@ MIGRATIONS: list[list[str]] = [[
         quant_step REAL,                -- int8 outputs: one output quantization step
         logit_range REAL,               -- host logits' max - min
         reason TEXT)                    -- why 'differs' or 'not checked'""",
+], [
+    # 3 -> 4: per-block profiles (edgeconv profile): one row per recipe block, timed and int8-checked
+    """CREATE TABLE profiles (
+        id INTEGER PRIMARY KEY,
+        device_id INTEGER NOT NULL REFERENCES devices(id),
+        artifact_id INTEGER NOT NULL REFERENCES artifacts(id),   -- the whole model that was cut
+        runtime TEXT NOT NULL, precision TEXT NOT NULL,
+        method TEXT NOT NULL,           -- how block latencies were measured, e.g. 'slices'
+        runs INTEGER, warmup INTEGER, threads INTEGER,
+        whole_median_ms REAL, whole_p90_ms REAL,     -- the whole model, timed in the same run
+        sum_median_ms REAL,             -- sum of the rows' median_ms (NULL if any row failed)
+        ratio REAL,                     -- sum_median_ms / whole_median_ms
+        error_images INTEGER,           -- images the int8 error columns were computed on
+        created_at TEXT NOT NULL, tag TEXT,
+        extra TEXT)                     -- JSON: the whole model's status/error, resolution, any other key""",
+    """CREATE TABLE profile_rows (
+        profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,           -- network order: stem, every stage.block, head
+        name TEXT NOT NULL,             -- 'stem', 'blocks.3.1', 'head'
+        stage INTEGER,                  -- NULL for stem and head
+        block TEXT,                     -- recipe words, e.g. 'ir_k5_s2_e6_c40'
+        in_shape TEXT, out_shape TEXT,  -- JSON lists, NHWC
+        params INTEGER, macs INTEGER,
+        median_ms REAL, p90_ms REAL, share REAL,     -- share: median_ms / sum_median_ms, in [0, 1]
+        macs_per_us REAL,
+        sqnr_db REAL, local_sqnr_db REAL, cosine REAL,   -- int8 vs fp32: cumulative, block alone
+        float_fallback TEXT,            -- JSON list of the block's modules kept in float
+        status TEXT, error TEXT,
+        extra TEXT,                     -- JSON: any other key of the row
+        PRIMARY KEY (profile_id, idx))""",
+    "CREATE INDEX profiles_key ON profiles (artifact_id, device_id, precision, runtime)",
 ]]
 PARITY_STATUSES = ("ok", "differs", "not checked")
 PARITY_FIELDS = ("status", "inputs", "max_abs_diff", "cosine", "top1_agreement", "tolerance",
@@ -121,6 +153,19 @@ RUN_SELECT = (
     "p.top1_agreement AS parity_top1", "p.tolerance AS parity_tolerance",
     "p.quant_step AS parity_step", "p.reason AS parity_reason")
 RUN_FIELDS = tuple(c.split(" AS ")[-1].split(".")[-1] for c in RUN_SELECT)
+
+# a profile (edgeconv.profile): its top-level keys stored in columns of `profiles` ("whole" is
+# whole_median_ms/whole_p90_ms plus the rest of it in extra), and each row's keys stored in columns
+# of `profile_rows` ("index" is idx); every other key goes to the extra JSON and comes back as it was
+PROFILE_COLUMNS = ("runtime", "precision", "method", "runs", "warmup", "threads", "sum_median_ms", "ratio",
+                   "error_images", "tag")
+PROFILE_ROW_COLUMNS = ("name", "stage", "block", "in_shape", "out_shape", "params", "macs", "median_ms",
+                       "p90_ms", "share", "macs_per_us", "sqnr_db", "local_sqnr_db", "cosine",
+                       "float_fallback", "status", "error")
+PROFILE_ROW_JSON = ("in_shape", "out_shape", "float_fallback")
+# what Store.profiles() adds to a profile as it was recorded
+PROFILE_STORED_KEYS = ("id", "created_at", "tag", "device_id", "device", "device_kind", "device_serial",
+                       "device_emulated", "model", "format", "precision")
 
 
 def default_db_path() -> Path:
@@ -214,6 +259,18 @@ def _json(v: Any) -> str | None:
     return None if v is None else json.dumps(v, sort_keys=True)
 
 
+def _plain(v: Any) -> Any:
+    """``v`` with numpy scalars and arrays and tuples as Python numbers and lists (what SQLite and
+    JSON take)."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | np.ndarray):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
 def _run_row(r: sqlite3.Row) -> dict:
     row = dict(r)
     if isinstance(row.get("verdict_reasons"), str):
@@ -251,7 +308,7 @@ class Store:
             self.conn.row_factory = sqlite3.Row
             self.conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
             self.conn.execute("PRAGMA foreign_keys = ON")
-            self.conn.execute("PRAGMA journal_mode = WAL")
+            self._wal(timeout_s)
             self._migrate()
         except sqlite3.Error as e:
             self.conn.close()
@@ -261,6 +318,21 @@ class Store:
             raise
 
     # -- plumbing ---------------------------------------------------------------------------------
+    def _wal(self, timeout_s: float) -> None:
+        """``PRAGMA journal_mode = WAL``, retried: when two processes open a new file at the same
+        moment, SQLite answers "database is locked" at once instead of waiting ``busy_timeout`` (the
+        switch needs the exclusive lock while this connection holds a shared one)."""
+        deadline, delay = time.monotonic() + timeout_s, 0.001
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 0.05)
+
     def close(self) -> None:
         self.conn.close()
 
@@ -395,6 +467,47 @@ class Store:
                           (run_id, *(run.parity.get(k) for k in PARITY_FIELDS)))
         return run_id
 
+    def record_profile(self, device_id: int, artifact: ArtifactRecord, profile: Mapping[str, Any]) -> int:
+        """Store one per-block profile (the dict ``edgeconv.profile`` makes, see
+        ``notes/profile_format.md``) of ``artifact`` on a device, its artifact row and all its block
+        rows in one transaction, committed at once; returns the profile id. ``profile["created_at"]``
+        (default: now) and ``profile["tag"]`` are optional."""
+        for key in ("model", "format"):
+            if profile.get(key) not in (None, getattr(artifact, key)):
+                raise ValueError(f"profile {key} {profile[key]!r} is not the artifact's "
+                                 f"{getattr(artifact, key)!r}")
+        for key in ("runtime", "method"):
+            if not profile.get(key):
+                raise ValueError(f"a profile needs its {key}")
+        p = _plain(dict(profile))
+        whole = p.get("whole")
+        known = {"whole", "rows", *PROFILE_STORED_KEYS, *PROFILE_COLUMNS}  # a profile read back: stored anew
+        extra = {k: v for k, v in p.items() if k not in known}
+        extra["whole"] = None if whole is None else {k: v for k, v in whole.items()
+                                                     if k not in ("median_ms", "p90_ms")}
+        values = {k: p.get(k) for k in PROFILE_COLUMNS}
+        values["precision"] = values["precision"] or artifact.precision
+        rows = []
+        for i, r in enumerate(p.get("rows") or []):
+            if not r.get("name"):
+                raise ValueError(f"profile row {i} has no name")
+            rows.append((r.get("index", i), *(_json(r.get(k)) if k in PROFILE_ROW_JSON else r.get(k)
+                                              for k in PROFILE_ROW_COLUMNS),
+                         _json({k: v for k, v in r.items() if k not in ("index", *PROFILE_ROW_COLUMNS)}
+                               or None)))
+        with self.transaction() as c:
+            artifact_id = self._upsert_artifact(c, artifact)
+            profile_id = int(c.execute(
+                f"INSERT INTO profiles (device_id, artifact_id, {', '.join(values)}, whole_median_ms, "
+                f"whole_p90_ms, created_at, extra) VALUES (?, ?{', ?' * len(values)}, ?, ?, ?, ?) RETURNING id",
+                (device_id, artifact_id, *values.values(), (whole or {}).get("median_ms"),
+                 (whole or {}).get("p90_ms"), p.get("created_at") or now_iso(), _json(extra)),
+            ).fetchone()[0])
+            c.executemany(
+                f"INSERT INTO profile_rows (profile_id, idx, {', '.join(PROFILE_ROW_COLUMNS)}, extra) "
+                f"VALUES (?, ?{', ?' * len(PROFILE_ROW_COLUMNS)}, ?)", [(profile_id, *r) for r in rows])
+        return profile_id
+
     def record_accuracy(self, model: str, format: str, precision: str, dataset: str, n: int,
                         top1: float, top5: float | None = None, agreement: float | None = None,
                         artifact_sha256: str | None = None, extra: Mapping[str, Any] | None = None,
@@ -470,6 +583,42 @@ class Store:
             where, args = f"{where} AND tag = ?", [*args, tag]
         sql = (f"SELECT * FROM accuracy WHERE {where} ORDER BY id")  # later rows overwrite earlier
         return {(r["model"], r["format"], r["precision"]): dict(r) for r in self.conn.execute(sql, args)}
+
+    def profiles(self, models: Sequence[str] | None = None, device: str | None = None,
+                 precision: str | None = None, latest: bool = True) -> list[dict]:
+        """Stored profiles, newest first, each as it was given to :meth:`record_profile` plus
+        :data:`PROFILE_STORED_KEYS` (``device_emulated`` a bool); with ``latest`` only the newest of
+        each (model, device, precision, runtime). ``device``: a kind, a device name or a serial."""
+        where, args = self._filters(models, device)
+        if precision:
+            where += " AND pr.precision = ?"
+            args.append(precision)
+        sql = ("SELECT pr.*, d.name AS device, d.kind AS device_kind, d.serial AS device_serial, "
+               "d.emulated AS device_emulated, a.model, a.format, row_number() OVER (PARTITION BY a.model, "
+               "pr.device_id, pr.precision, pr.runtime ORDER BY pr.id DESC) AS rank_ "
+               "FROM profiles pr JOIN devices d ON d.id = pr.device_id JOIN artifacts a ON a.id = pr.artifact_id "
+               f"WHERE {where}")
+        heads = [dict(r) for r in self.conn.execute(
+            f"SELECT * FROM ({sql}) {'WHERE rank_ = 1 ' if latest else ''}ORDER BY id DESC", args)]
+        rows: dict[int, list[dict]] = {h["id"]: [] for h in heads}
+        if heads:
+            ids = list(rows)
+            for r in self.conn.execute(f"SELECT * FROM profile_rows WHERE profile_id IN "
+                                       f"({', '.join('?' * len(ids))}) ORDER BY profile_id, idx", ids):
+                row = {"index": r["idx"], **{k: json.loads(r[k]) if k in PROFILE_ROW_JSON and r[k] is not None
+                                             else r[k] for k in PROFILE_ROW_COLUMNS}}
+                rows[r["profile_id"]].append({**row, **json.loads(r["extra"] or "{}")})
+        out = []
+        for h in heads:
+            extra = json.loads(h["extra"] or "{}")
+            whole = extra.pop("whole", {})
+            out.append({
+                **{k: h[k] for k in PROFILE_STORED_KEYS}, "device_emulated": bool(h["device_emulated"]),
+                **{k: h[k] for k in PROFILE_COLUMNS}, **extra,
+                "whole": None if whole is None else {"median_ms": h["whole_median_ms"],
+                                                     "p90_ms": h["whole_p90_ms"], **whole},
+                "rows": rows[h["id"]]})
+        return out
 
     def timings(self, run_id: int) -> np.ndarray:
         """The raw per-run timings (ns) of a run, for statistics not stored in ``run_stats``."""

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from edgeconv.bench.stability import NOISY, STABLE, THROTTLED, assess, busy_tasks, window_medians
 from edgeconv.cli.bench import bench
 from edgeconv.cli.results import report
-from edgeconv.store import MIGRATIONS, Store
+from edgeconv.store import MIGRATIONS, SCHEMA_VERSION, Store
 
 if TYPE_CHECKING:
     from tests.conftest_adb import EmulatedDevice
@@ -204,7 +204,7 @@ def test_old_database_gets_verdicts_from_its_timings(tmp_path: Path) -> None:
     c.commit()
     c.close()
     with Store(db) as s:
-        assert s.schema_version() == 3
+        assert s.schema_version() == SCHEMA_VERSION
         runs = {r["run_id"]: r for r in s.runs()}
     assert runs[1]["verdict"] == STABLE and runs[2]["verdict"] == NOISY
     assert runs[2]["verdict_reasons"][0].startswith("window medians vary by")

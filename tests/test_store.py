@@ -47,12 +47,13 @@ def run_child(code: str, *args: str) -> subprocess.Popen:
 def test_schema_and_pragmas(tmp_path: Path) -> None:
     with Store(tmp_path / "r.db") as s:
         tables = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"devices", "artifacts", "runs", "run_stats", "accuracy", "parity"} <= tables
-        assert s.schema_version() == SCHEMA_VERSION == 3
+        assert {"devices", "artifacts", "runs", "run_stats", "accuracy", "parity", "profiles",
+                "profile_rows"} <= tables
+        assert s.schema_version() == SCHEMA_VERSION == 4
         assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 10_000
     with Store(tmp_path / "r.db") as s:  # reopening an up-to-date store changes nothing
-        assert s.schema_version() == 3
+        assert s.schema_version() == SCHEMA_VERSION
 
 
 def test_version_2_store_is_upgraded_keeping_its_runs(tmp_path: Path) -> None:
@@ -71,7 +72,7 @@ def test_version_2_store_is_upgraded_keeping_its_runs(tmp_path: Path) -> None:
                   "runs_actual, finished_at, status) VALUES (1, 1, 'tflite', 1, 1, 5, 5, 'x', 'ok')")
         c.execute("PRAGMA user_version = 2")
     with Store(db) as s:
-        assert s.schema_version() == 3
+        assert s.schema_version() == SCHEMA_VERSION
         (row,) = s.runs()
         assert (row["device"], row["device_emulated"], row["parity"]) == ("old board", 0, None)
         dev = s.upsert_device({"kind": "board", "name": "qemu board", "serial": "s2", "emulated": True})

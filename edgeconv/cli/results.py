@@ -3,9 +3,11 @@ Markdown, JSON and a plot."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
+from ..errors import UsageError, UserError
 from .common import MAX_ROWS, MAX_THREADS, Command, console, db_option, echo_json, split
 
 
@@ -57,16 +59,29 @@ def results(models: str | None, device: str | None, limit: int, tag: str | None,
               help="Runs with this many threads.")
 @click.option("--markdown", "fmt", flag_value="markdown", help="Print a Markdown table.")
 @_output_format
-@click.option("--plot", metavar="FILE", help="Also draw latency vs top-1 (measured, else published) to FILE.png/.svg.")
+@click.option("--plot", metavar="FILE", help="Also draw latency vs top-1 (measured, else published) to FILE.png/.svg; "
+              "with --profile: the first profile's per-block latency shares.")
 @click.option("--tag", metavar="NAME", help="Only results saved with bench/eval --tag NAME.")
+@click.option("--profile", "profile_name", metavar="NAME",
+              help="Show the latest stored per-block profile(s) of model NAME (edgeconv profile NAME) instead.")
+@click.option("--precision", metavar="P", help="With --profile: only profiles of this precision (int8, fp32, ...).")
 @db_option
 def report(models: str | None, device: str | None, threads: int, fmt: str, plot: str | None,
-           tag: str | None, db: str | None) -> None:
+           tag: str | None, profile_name: str | None, precision: str | None, db: str | None) -> None:
     """Compare models: one row per model/format/precision/device from its latest successful run,
-    with top-1 where an accuracy result exists."""
+    with top-1 where an accuracy result exists. With --profile NAME: NAME's per-block profile, one
+    table per device and precision."""
     from ..report import REPORT_COLUMNS, REPORT_FIELDS, plot_pareto, report_rows
     from ..store import Store
 
+    if profile_name is not None:
+        for given, flag in ((models, "--models"), (tag, "--tag")):
+            if given is not None:
+                raise UsageError(f"--profile takes no {flag} (it shows one model's latest profiles)")
+        _report_profiles(profile_name, device, precision, fmt, plot, db)
+        return
+    if precision is not None:
+        raise UsageError("--precision goes with --profile NAME")
     with Store(db, must_exist=True) as store:
         rows = report_rows(store, split(models), device, threads, tag)
         path = store.path
@@ -83,3 +98,47 @@ def report(models: str | None, device: str | None, threads: int, fmt: str, plot:
             if r.get("verdict") not in (None, "stable"):
                 click.echo(f"(!) {r['model']} {r['format']}/{r['precision']} on {r['device']}: {r['verdict']}: "
                            f"{'; '.join(r.get('verdict_reasons') or [])} (run {r['run_id']})", err=True)
+
+
+def _report_profiles(name: str, device: str | None, precision: str | None, fmt: str, plot: str | None,
+                     db: str | None) -> None:
+    """``report --profile NAME``: the latest stored profile of NAME per device, precision and
+    runtime; one table each (Markdown: a heading each), one CSV, or the stored profiles as JSON."""
+    from ..report import (
+        PROFILE_FIELDS,
+        plot_profile,
+        profile_columns,
+        profile_table_rows,
+        profile_title,
+        rich_table,
+        to_csv,
+        to_markdown,
+    )
+    from ..store import Store, default_db_path
+
+    where = "".join(f" {w} {v}" for w, v in (("on", device), ("at precision", precision)) if v)
+    missing = f"no stored profile of {name}{where}; run 'edgeconv profile {name}' first"
+    path = Path(db).expanduser() if db else default_db_path()
+    if not path.is_file():
+        raise UserError(f"{missing} (nothing is stored in {path} yet)")
+    with Store(path, must_exist=True) as store:
+        profiles = store.profiles([name], device, precision)
+    if not profiles:
+        raise UserError(missing)
+    if plot:
+        n = len(plot_profile(profiles[0], plot))
+        click.echo(f"plotted {n} blocks of {name} ({profiles[0]['precision']} on {profiles[0]['device']}) "
+                   f"to {plot}", err=True)
+    if fmt == "json":
+        echo_json(profiles)
+        return
+    tables = [(profile_title(p), profile_table_rows(p)) for p in profiles]
+    if fmt == "csv":
+        click.echo(to_csv([r for _t, rows in tables for r in rows], PROFILE_FIELDS), nl=False)
+    elif fmt == "markdown":
+        click.echo("\n".join(f"### {title}\n\n{to_markdown(rows, profile_columns(rows))}" for title, rows in tables),
+                   nl=False)
+    else:
+        out = console()
+        for title, rows in tables:
+            out.print(rich_table(rows, profile_columns(rows), title=title))
