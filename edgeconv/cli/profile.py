@@ -38,28 +38,26 @@ class _Lines:
 
 
 def _show(profile: dict, fmt: str) -> None:
-    from ..report import profile_columns, profile_table_rows, rich_table, to_markdown
+    from ..report import profile_columns, profile_table_rows, profile_title, rich_table, to_markdown
 
     rows = profile_table_rows(profile)
     cols = profile_columns(rows)
+    title = profile_title(profile, device=profile["device"].get("name"),
+                          emulated=bool(profile["device"].get("emulated")))
     if fmt == "markdown":
-        click.echo(to_markdown(rows, cols))
+        click.echo(f"### {title}\n\n{to_markdown(rows, cols)}")
     else:
-        from ..report import profile_title
-
-        console().print(rich_table(rows, cols, title=profile_title(profile)))
+        console().print(rich_table(rows, cols, title=title))
 
 
 def _show_compare(a: dict, b: dict, fmt: str) -> None:
-    from ..report import compare_columns, compare_stage_rows, rich_table, to_markdown
+    from ..report import STAGE_COMPARE_COLUMNS, compare_stage_rows, compare_title, rich_table, to_markdown
 
     rows = compare_stage_rows(a, b)
-    cols = compare_columns(a, b)
     if fmt == "markdown":
-        click.echo(to_markdown(rows, cols))
+        click.echo(f"### {compare_title(a, b)}\n\n{to_markdown(rows, STAGE_COMPARE_COLUMNS)}")
     else:
-        console().print(rich_table(rows, cols, title=f"per stage: {a['model']} vs {b['model']} "
-                                   f"({a['precision']}, median ms)"))
+        console().print(rich_table(rows, STAGE_COMPARE_COLUMNS, title=compare_title(a, b)))
 
 
 @click.command("profile", cls=Command, interrupted="the profiles completed so far are saved")
@@ -121,9 +119,10 @@ def profile_cmd(name: str, device: str, serials: tuple[str, ...], precision: str
     main = results[name]
     facts = None
     if plot is not None and main:
-        from ..report import plot_profile
+        from ..report import plot_profile, plot_profile_compare
 
-        facts = plot_profile(main[0], plot)
+        facts = plot_profile_compare(main[0], results[compare][0], plot) if compare and results[compare] \
+            else plot_profile(main[0], plot)
     if as_json:
         payload = {"db": db_path, "profiles": main}
         if compare:
