@@ -441,7 +441,9 @@ def run_profile(request: ProfileRequest, store=None, progress: Progress = _quiet
         whole = rows.get("whole") or {"median_ms": None, "p90_ms": None, "status": "failed", "error": "not measured"}
         prof = assemble(request, manifest, names, counts, sliced, rows, whole, errors, fallback, images, source)
         info = devices[key]
-        prof["device"] = {k: info.get(k) for k in ("kind", "name", "serial", "emulated") if k in info}
+        # the keys Store.profiles() gives a stored profile
+        prof.update(device=info.get("name"), device_kind=info.get("kind"), device_serial=info.get("serial"),
+                    device_emulated=bool(info.get("emulated")))
         prof["tag"] = request.tag
         if store is not None:
             device_id = store.upsert_device(info)

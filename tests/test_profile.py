@@ -173,7 +173,7 @@ def test_profile_on_the_arm64_board_is_marked_emulated(tinynet: Path, board: Emu
             "--runs", "5", "--warmup", "1", "--images", "4", "--out", str(tinynet.parent), "--json")
     assert r.exit_code == 0, r.stderr
     (p,) = json.loads(r.stdout)["profiles"]
-    assert p["device"]["kind"] == "board" and p["device"]["emulated"] is True
+    assert p["device_kind"] == "board" and p["device_emulated"] is True
     assert [row["name"] for row in p["rows"]] == TINYNET_E_ROWS
     assert all(row["status"] == "ok" and row["median_ms"] > 0 for row in p["rows"])
     assert p["whole"]["status"] == "ok" and p["ratio"] is not None
@@ -184,3 +184,26 @@ def test_profile_on_the_arm64_board_is_marked_emulated(tinynet: Path, board: Emu
     shown = run(adb_env, "report", "--profile", "tinynet-e", "--markdown")
     assert shown.exit_code == 0, shown.stderr
     assert "emulated" in shown.stdout
+
+
+def test_compare_shows_two_models_per_stage(tinynet: Path, tmp_path: Path) -> None:  # noqa: F811
+    """tinynet-e against efficientnet-bm4 (the paper's B-4, 24 M MACs too): the same stages, side by
+    side; each model's stage sums are its own rows' sums."""
+    out = tmp_path / "b"
+    shutil.copytree(tinynet, out / "tinynet-e")
+    db = tmp_path / "r.db"
+    r = run(db, "profile", "tinynet-e", "--compare", "efficientnet-bm4", "--precision", "fp32", "--runs", "5",
+            "--warmup", "1", "--out", str(out), "--markdown", "--plot", str(tmp_path / "c.svg"))
+    assert r.exit_code == 0, r.stderr
+    assert "tinynet-e vs efficientnet-bm4" in r.stdout or "efficientnet-bm4" in r.stdout.split("###")[-1]
+    with Store(db) as s:
+        a, = s.profiles(models=["tinynet-e"])
+        b, = s.profiles(models=["efficientnet-bm4"])
+    from edgeconv.report import compare_stage_rows
+
+    rows = {x["stage"]: x for x in compare_stage_rows(a, b)}
+    assert rows["stem"]["a_macs"] == next(x["macs"] for x in a["rows"] if x["name"] == "stem")
+    stage1 = [x for x in b["rows"] if x["stage"] == 1]
+    assert rows["stage 1"]["b_ms"] == pytest.approx(sum(x["median_ms"] for x in stage1), rel=1e-6)
+    assert sum(x["a_macs"] for k, x in rows.items() if k.startswith(("stem", "stage", "head"))) == a["macs"]
+    assert (tmp_path / "c.svg").read_text().lstrip().startswith(("<?xml", "<svg"))

@@ -42,8 +42,7 @@ def _show(profile: dict, fmt: str) -> None:
 
     rows = profile_table_rows(profile)
     cols = profile_columns(rows)
-    title = profile_title(profile, device=profile["device"].get("name"),
-                          emulated=bool(profile["device"].get("emulated")))
+    title = profile_title(profile)
     if fmt == "markdown":
         click.echo(f"### {title}\n\n{to_markdown(rows, cols)}")
     else:
@@ -139,11 +138,11 @@ def profile_cmd(name: str, device: str, serials: tuple[str, ...], precision: str
         if plot is not None:
             click.echo(f"plot: {plot}", err=True)
     everything = main + (results[compare] if compare else [])
-    failed = [(p["device"].get("name"), r["name"]) for p in everything for r in p["rows"] if r["status"] != "ok"]
-    failed += [(p["device"].get("name"), "the whole model") for p in everything if p["whole"]["status"] != "ok"]
+    failed = [(p["device"], r["name"]) for p in everything for r in p["rows"] if r["status"] != "ok"]
+    failed += [(p["device"], "the whole model") for p in everything if p["whole"]["status"] != "ok"]
     for p in main:
-        if p["device"].get("emulated"):
-            warn(f"{p['device'].get('name')} is emulated: its timings are not latency (the block shares "
+        if p["device_emulated"]:
+            warn(f"{p['device']} is emulated: its timings are not latency (the block shares "
                  "are those of an instruction-set emulator)")
     if failed:
         raise UserError(f"{len(failed)} block(s) failed to run (e.g. {failed[0][1]} on {failed[0][0]}); "
