@@ -15,13 +15,16 @@ caller (dequantizing 400 K values after Lite0's stem: 1.5 ms on this host, more 
 own 1.2 ms) is not the block's cost. Slices are used rather than per-op
 timings (``benchmark_model --enable_op_profiling``) because they work with every runner edgeconv
 has (our Python runner on boards has no op profiler) and they measure a block the way it runs
-(one invoke, XNNPACK's partitioning of that block); the price is one invoke's overhead per block,
-which the last row shows: the sum of the blocks against the whole model's median, measured in the
-same run (its ratio is reported, not hidden).
+(one invoke, XNNPACK's partitioning of that block); the price is one invoke's overhead per block
+and a cache that holds only that block's weights and activations, which the last row shows: the
+sum of the blocks against the whole model's median, measured in the same run (their ratio is
+reported, not hidden; below 1 when the warm cache of a lone block wins, above 1 when per-invoke
+overhead does).
 
 int8 error (int8 profiles): on a deterministic sample of the build's calibration images (its
-``--calib`` folder while it exists, else the bundled photos; preprocessed as the recipe says), every block boundary is read out of one invoke of the whole int8 model and of
-the whole fp32 model of the same build (the models with their boundary tensors as extra outputs):
+``--calib`` folder while it exists, else the bundled photos; preprocessed as the recipe says),
+every block boundary is read out of one invoke of the whole int8 model and of the whole fp32
+model of the same build (the models with their boundary tensors as extra outputs):
 ``sqnr_db`` = 10 log10(Σ f² / Σ (q - f)²) and the cosine of the dequantized int8 output ``q``
 against the fp32 one ``f`` - the error accumulated up to that block. ``local_sqnr_db`` is the block
 alone: its int8 slice fed the fp32 model's input of that block (quantized with the slice's own
@@ -379,7 +382,8 @@ def run_profile(request: ProfileRequest, store=None, progress: Progress = _quiet
     remote = None
     if request.device == "host":
         if request.serials or request.runner or request.cooldown is not None:
-            raise UserError("--serial, --runner and --cooldown are for ADB devices (--device android, board or a profile)")
+            raise UserError("--serial, --runner and --cooldown are for ADB devices "
+                            "(--device android, board or a profile)")
         runmod.check_host_cores(1, request.core)
     else:
         remote = runmod._remote_request(request.device, ("tflite",), request.core, None, request.serials, None)
