@@ -124,6 +124,23 @@ def test_a_node_killed_mid_run_fails_its_device_and_the_rest_completes(tinynet: 
     assert bench["stderr"].strip().splitlines()[-1].startswith("edgeconv: error: 1 of 4 benchmarks failed")
 
 
+def test_ray_messages_to_the_driver_go_to_its_log_not_stdout(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Ray's driver prints the cluster's messages (a node marked dead) to sys.stdout from a thread of
+    its own: during a farm bench that broke `bench --json` (its stdout no longer parsed)."""
+    from ray._private import worker
+
+    from edgeconv.bench.farm import _ray_messages_to
+
+    message = {"lines": ["The node with node id: abc has been marked dead"], "pid": "raylet", "is_err": False}
+    with _ray_messages_to(tmp_path / "driver.log"):
+        worker.print_to_stdstream(message, ignore_prefix=False)  # what Ray's error listener calls
+    assert capsys.readouterr().out == ""
+    assert "has been marked dead" in (tmp_path / "driver.log").read_text()
+    worker.print_to_stdstream(message, ignore_prefix=False)  # restored afterwards
+    assert "has been marked dead" in capsys.readouterr().out
+
+
 def test_ctrl_c_keeps_stored_results_and_frees_the_devices(e2e: dict) -> None:
     stopped = e2e["interrupt"]
     assert stopped["code"] == 130, stopped["stderr"]
