@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -110,22 +112,34 @@ def main() -> None:
                                 "busy_after": free}
         else:
             victim = emulators[1].serial
-            # 20000 runs: an artifact takes 10-20 s on an idle machine, so the kill lands inside the
-            # victim's second artifact (the first one is stored by then)
-            p = subprocess.Popen([*bench, "--runs", "20000", "--warmup", "2"], env=head_env, text=True,
+            results = work / "results.db"
+            # No timing involved, whatever the machine's load: the victim's node is killed while its
+            # device holds the runner of its second artifact (its first result stored by then); the
+            # other device's second artifact starts only once the victim's loss is stored
+            hold, other = HoldSecondArtifact(emulators[1]), HoldSecondArtifact(emulators[0])
+            p = subprocess.Popen([*bench, "--runs", "1000", "--warmup", "2"], env=head_env, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             killed = stored_at_kill = None
-            deadline = time.monotonic() + 900
-            while p.poll() is None and time.monotonic() < deadline and killed is None:
-                time.sleep(0.2)
-                if (stored_at_kill := _stored(work / "results.db", victim)) >= 1:
-                    records = json.loads((work / "host-b" / "processes.json").read_text())
-                    killed = records[0]["pid"]
-                    os.killpg(killed, signal.SIGKILL)
+            deadline = time.monotonic() + 600
+            try:
+                while p.poll() is None and time.monotonic() < deadline and killed is None:
+                    if hold.held.wait(0.2) and (stored_at_kill := _stored(results, victim)) >= 1:
+                        records = json.loads((work / "host-b" / "processes.json").read_text())
+                        killed = records[0]["pid"]
+                        os.killpg(killed, signal.SIGKILL)
+                while p.poll() is None and time.monotonic() < deadline and not _stored(results, victim, "failed"):
+                    time.sleep(0.2)
+            finally:
+                hold.release.set()
+                other.release.set()
             stdout, stderr = p.communicate(timeout=900)
             out["bench"] = {"code": p.returncode, "stderr": stderr[-3000:], "killed_pid": killed,
-                            "stored_at_kill": stored_at_kill, "victim": victim,
-                            "json": json.loads(stdout) if stdout.strip() else None}
+                            "stored_at_kill": stored_at_kill, "held": hold.held.is_set(), "victim": victim,
+                            "other_held": other.held.is_set()}
+            try:
+                out["bench"]["json"] = json.loads(stdout)
+            except ValueError:  # the report is the whole of stdout, or it is broken
+                out["bench"]["json"], out["bench"]["stdout_head"] = None, stdout[:500]
         with sqlite3.connect(work / "results.db") as db:
             out["rows"] = [dict(zip(("serial", "status", "error", "extra"), row, strict=True)) for row in db.execute(
                 "SELECT d.serial, r.status, r.error, r.extra FROM runs r JOIN devices d ON d.id = r.device_id "
@@ -145,14 +159,37 @@ def main() -> None:
         print(json.dumps(out))
 
 
-def _stored(db: Path, serial: str | None) -> int:
-    """Runs stored for ``serial`` (any device: None) so far."""
+class HoldSecondArtifact:
+    """Installed on an emulated device: the device's runner command for a second artifact (its
+    ``--graph`` differs from the first runner's) does not start until ``release`` is set (at most
+    600 s); ``held`` is set once it waits. So a node can be killed while its device measures."""
+
+    def __init__(self, device: AdbDeviceEmulator) -> None:
+        self.first: str | None = None
+        self.held, self.release = threading.Event(), threading.Event()
+        self._map_command = device.map_command
+        device.map_command = self  # type: ignore[method-assign]  # every shell command passes here
+
+    def __call__(self, command: str) -> str:
+        graph = re.search(r"--graph=(\S+)", command)
+        if graph and "edgeconv.runner" in command:
+            stem = Path(graph[1].strip("'\"")).stem
+            self.first = self.first or stem
+            if stem != self.first:
+                self.held.set()
+                self.release.wait(600)
+        return self._map_command(command)
+
+
+def _stored(db: Path, serial: str | None, status: str | None = None) -> int:
+    """Runs stored for ``serial`` (any device: None) so far, with ``status`` (any: None)."""
     if not db.exists():
         return 0
     try:
         with sqlite3.connect(db, timeout=1) as conn:
             return conn.execute("SELECT COUNT(*) FROM runs r JOIN devices d ON d.id = r.device_id "
-                                "WHERE ? IS NULL OR d.serial = ?", (serial, serial)).fetchone()[0]
+                                "WHERE (? IS NULL OR d.serial = ?) AND (? IS NULL OR r.status = ?)",
+                                (serial, serial, status, status)).fetchone()[0]
     except sqlite3.Error:
         return 0
 

@@ -286,17 +286,45 @@ def connected(address: str, token_file: Path | None = None) -> Iterator[Any]:
             os.environ[key] = value
     import ray
 
+    log = farm_dir() / "driver.log"
+    with _ray_messages_to(log):
+        try:
+            with _stderr_to(log):  # Ray's C++ start-up and retry chatter
+                ray.init(address=address, _node_ip_address=local_ip_towards(host), log_to_driver=False,
+                         logging_level="ERROR", configure_logging=True, namespace="edgeconv")
+        except ConnectionError as e:
+            raise FarmError(f"farm {address} refused this connection ({str(e).splitlines()[0][:200]}); "
+                            f"is {token_file} the head's token?") from None
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def _ray_messages_to(log: Path) -> Iterator[None]:
+    """The cluster's messages to the driver (e.g. "(raylet) The node with node id ... has been
+    marked dead") go to ``log``: Ray's driver prints them to sys.stdout from a thread of its own,
+    whatever ``log_to_driver`` says, which would corrupt ``bench --farm --json`` when a node dies
+    mid-run. (Ray's private hook ``print_to_stdstream``; if it ever moves, nothing is changed.)"""
+    from ray._private import worker
+
+    original, printer = getattr(worker, "print_to_stdstream", None), getattr(worker, "print_worker_logs", None)
+    if original is None or printer is None:
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = threading.Lock()
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        with lock, open(log, "a") as f:
+            printer(data, f, ignore_prefix)
+
+    worker.print_to_stdstream = to_log
     try:
-        with _stderr_to(farm_dir() / "driver.log"):  # Ray's C++ start-up and retry chatter
-            ray.init(address=address, _node_ip_address=local_ip_towards(host), log_to_driver=False,
-                     logging_level="ERROR", configure_logging=True, namespace="edgeconv")
-    except ConnectionError as e:
-        raise FarmError(f"farm {address} refused this connection ({str(e).splitlines()[0][:200]}); "
-                        f"is {token_file} the head's token?") from None
-    try:
-        yield ray
+        yield
     finally:
-        ray.shutdown()
+        worker.print_to_stdstream = original
 
 
 @contextmanager
