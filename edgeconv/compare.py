@@ -10,9 +10,9 @@ generator seeded, so the same data always gives the same interval). A row is a *
 when the whole interval lies above ``1 + max_slowdown``: the limit absorbs the few percent two
 processes of the same artifact differ by (placement, allocator), the interval the run's own noise.
 A ratio over the limit whose interval still reaches below it is **inconclusive**, as is any
-regression where either run's stability verdict is not ``stable`` — noise is never passed off as a
-regression or as a pass. Runs without raw timings (benchmark_model's aggregates) are compared on
-their medians (or means) without an interval.
+regression or speed-up where either run's stability verdict is not ``stable`` — noise is never
+passed off as a regression, as a speed-up or as a pass. Runs without raw timings (benchmark_model's
+aggregates) are compared on their medians (or means) without an interval.
 
 Accuracy: the newest top-1 per model/format/precision of each tag; a drop of more than
 ``max_drop`` points is a regression (the binomial standard error is shown, not used: as ``check``).
@@ -64,7 +64,7 @@ def latency_verdict(ratio: float, ci: tuple[float, float] | None, max_slowdown_p
     if ratio > limit:
         return INCONCLUSIVE  # over the limit, but the interval reaches below it
     if hi < 1 / limit:
-        return FASTER
+        return FASTER if stable else INCONCLUSIVE  # the same artifact twice on a busy machine
     return NO_REGRESSION
 
 

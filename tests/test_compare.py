@@ -79,31 +79,45 @@ def test_the_statistics() -> None:
     assert latency_verdict(1.06, (1.01, 1.11), 5, stable=True) == "inconclusive"  # the CI reaches below +5 %
     assert latency_verdict(1.01, (0.99, 1.03), 5, stable=True) == "no regression"
     assert latency_verdict(0.5, (0.45, 0.55), 5, stable=True) == "faster"
+    assert latency_verdict(0.5, (0.45, 0.55), 5, stable=False) == "inconclusive"  # a busy baseline is no speed-up
     assert environment_changes({"kernel": "6.1", "onnxruntime runtime": "1.19"},
                                {"kernel": "6.1", "onnxruntime runtime": "1.20", "python": "3.11"}) == [
         "onnxruntime runtime: 1.19 -> 1.20", "python: (none) -> 3.11"]
 
 
 def test_same_artifact_twice_is_no_regression(builds: dict[str, Path], tmp_path: Path) -> None:
-    """Measured twice, into two databases: the baseline's is main's artifact in CI (--baseline-db)."""
+    """Measured twice, into two databases: the baseline's is main's artifact in CI (--baseline-db).
+    The same artifact is never a regression nor a speed-up; a shared machine may leave a run noisy,
+    and then the verdict says inconclusive, never faster (as CI once did before the rule).
+
+    The limit is 20 %, not the default 5: two processes of this 0.5 ms toy differ by more than the
+    default absorbs on a shared 2-core VM even when both runs are stable (ratios 0.940, 0.973,
+    0.990 and one over 1.10 in pairs on the idle machine, intervals about 1.5 % wide; six processes
+    in a row: medians 0.493-0.535 ms): docs/ci.md's advice for tight limits."""
     main_db, pr_db = tmp_path / "main.db", tmp_path / "pr.db"
-    bench(builds["small"], "main", main_db)
-    bench(builds["small"], "pr", pr_db)
+    quiet = ["--until-stable", "3", "--core", str(quietest_core())]  # the last --core wins over RUNS'
+    bench(builds["small"], "main", main_db, *quiet)
+    bench(builds["small"], "pr", pr_db, *quiet)
     junit = tmp_path / "cmp.xml"
+    limit = ["--max-slowdown", "20"]
     r = run("compare", "--baseline", "main", "--candidate", "pr", "--baseline-db", str(main_db), "--db", str(pr_db),
-            "--junit", str(junit), "--json")
+            "--junit", str(junit), "--json", *limit)
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     (row,) = out["latency"]
     assert (row["model"], row["format"], row["precision"], row["runtime"]) == ("toycmp", "onnx", "fp32", "onnxruntime")
-    assert row["verdict"] == "no regression", row
+    unstable = [n for n in row["notes"] if n.endswith((" is noisy", " is throttled"))]
+    assert row["notes"] == unstable  # same artifact: no other note
+    allowed = {"no regression", "inconclusive"} if unstable else {"no regression"}
+    assert row["verdict"] in allowed, row
     assert row["ci"][0] <= row["ratio"] <= row["ci"][1]
-    assert all(n.endswith((" is noisy", " is throttled")) for n in row["notes"])  # same artifact: no other note
     assert out["environment"] == [] and out["regressions"] == 0 and out["exit_code"] == 0
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "0" and suite.get("tests") == "1"
-    table = run("compare", "--baseline", "main", "--candidate", "pr", "--baseline-db", str(main_db), "--db", str(pr_db))
-    assert table.exit_code == 0 and "no regression" in table.stdout and "environment: no differences" in table.stdout
+    table = run("compare", "--baseline", "main", "--candidate", "pr", "--baseline-db", str(main_db), "--db", str(pr_db),
+                *limit)
+    assert table.exit_code == 0 and "environment: no differences" in table.stdout
+    assert row["verdict"] in table.stdout
 
 
 def quietest_core() -> int:

@@ -364,3 +364,24 @@ def test_a_closed_pipe_is_a_quiet_stop_not_an_error():
                           stderr=subprocess.PIPE, text=True, timeout=300)
     os.close(w)
     assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_ctrl_c_through_generated_code_still_exits_130(tmp_path):
+    """A KeyboardInterrupt that passes through ``exec(source)`` (code that libraries generate) and is
+    handled by edgeconv: under ``python -m`` CPython 3.11 would still kill the process with SIGINT
+    at exit (return code -2, seen in a build interrupted inside NNCF); edgeconv's handler clears
+    that and the status is 130."""
+    pkg = tmp_path / "interrupted_cmd"
+    pkg.mkdir()
+    (pkg / "__main__.py").write_text(
+        "import click\n"
+        "from edgeconv.cli.common import Command\n\n"
+        "@click.command(cls=Command)\n"
+        "def main():\n"
+        "    exec('raise KeyboardInterrupt')\n\n"
+        "main()\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+    proc = subprocess.run([sys.executable, "-m", "interrupted_cmd"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "edgeconv: interrupted\n"

@@ -78,9 +78,24 @@ def run_guarded(ctx: click.Context, invoke: Callable[[click.Context], Any], inte
         click.echo(f"edgeconv: error: {where}: {e.strerror or e}", err=True)
         ctx.exit(3)
     except KeyboardInterrupt as e:
+        _forget_unhandled_interrupt()
         how = "terminated" if isinstance(e, Terminated) else "interrupted"
         click.echo(f"edgeconv: {how}" + (f" ({interrupted})" if interrupted else ""), err=True)
         ctx.exit(143 if isinstance(e, Terminated) else 130)
+
+
+def _forget_unhandled_interrupt() -> None:
+    """CPython 3.11 remembers a KeyboardInterrupt that left any ``exec(source_string)`` (libraries
+    run generated code that way) as unhandled, even once it is caught further up, and at exit
+    kills the process with SIGINT instead of the exit status it was given: ``edgeconv build``
+    interrupted in the middle of NNCF said "interrupted" and then died of signal 2, not 130. The
+    interrupt is handled here, so the flag is cleared (a no-op where the symbol does not exist)."""
+    import ctypes
+
+    try:
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
+    except (ValueError, AttributeError, OSError):
+        pass
 
 
 class Command(click.Command):
