@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,14 @@ import pytest
 pytest_plugins = ["tests.conftest_adb"]
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Several tests press Ctrl-C on an edgeconv child process (SIGINT) and expect exit code 130. A
+# process started in the background of a non-interactive shell (`make test &`) has SIGINT ignored,
+# children inherit "ignored" and Python then installs no KeyboardInterrupt handler: those children
+# would finish with 0. The test session restores the default so its children see what a user's
+# terminal gives them.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def sample_dir() -> Path:

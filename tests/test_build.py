@@ -236,10 +236,15 @@ def test_interrupted_build_leaves_no_partial_files(tmp_path):
     m = json.loads((folder / "manifest.json").read_text())
     listed = {a["path"] for a in m["artifacts"]}
     assert {"tinynet-e.onnx", "tflite/fp32.tflite", "tflite/fp16.tflite"} <= listed
+    # an OpenVINO artifact is its .xml plus the .bin beside it (when the interrupt comes after
+    # openvino/fp32 was recorded, its .bin is a complete file of a listed artifact)
+    expected = listed | {str(Path(p).with_suffix(".bin")) for p in listed if p.endswith(".xml")}
     on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {"manifest.json"}
-    assert on_disk == listed, "files not in the manifest (partial or temporary) were left behind"
+    assert on_disk == expected, "files not in the manifest (partial or temporary) were left behind"
     for a in m["artifacts"]:
         assert sha256_file(folder / a["path"]) == a["sha256"]
+        files = [folder / a["path"]] + ([(folder / a["path"]).with_suffix(".bin")] if a["format"] == "openvino" else [])
+        assert sum(f.stat().st_size for f in files) == a["size_bytes"]  # the .bin is whole too
 
 
 def test_killed_tflite_process_is_one_clear_error(tmp_path):
