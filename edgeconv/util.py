@@ -120,28 +120,63 @@ def captured_output():
             os.close(saved[1])
 
 
+# the signals (SIGINT, SIGTERM) received inside sigterm_as_interrupt(), most recent last
+_received: list[int] = []
+
+
 def raise_terminated(signum, frame) -> None:
     """A SIGTERM handler: unwind like Ctrl-C (``finally`` blocks remove temp files, children stop)."""
     from .errors import Terminated
 
+    _received.append(signum)
     raise Terminated()
+
+
+def _raise_interrupt(signum, frame) -> None:
+    """Python's own Ctrl-C handler, remembering that it fired (see :func:`as_interrupt`)."""
+    _received.append(signum)
+    raise KeyboardInterrupt()
+
+
+def as_interrupt(e: BaseException) -> BaseException:
+    """The exception to report for ``e``: a Ctrl-C or SIGTERM that arrived while a native module
+    was being imported comes out of the import as a plain ``ImportError`` ("initialization
+    failed", the KeyboardInterrupt lost on the way; onnxruntime's pybind11 module does this), and
+    a library may turn it into its own error. When a signal was received, the interrupt it meant
+    is returned instead (from ``e``); otherwise ``e`` itself."""
+    import signal
+
+    from .errors import Terminated
+
+    if not _received or isinstance(e, (KeyboardInterrupt, SystemExit)) or type(e).__name__ == "Exit":
+        return e  # the interrupt itself, or an exit already decided (click's Exit from ctx.exit)
+    interrupt = Terminated() if _received[-1] == signal.SIGTERM else KeyboardInterrupt()
+    interrupt.__cause__ = e
+    return interrupt
 
 
 @contextmanager
 def sigterm_as_interrupt():
     """While inside, SIGTERM raises :class:`~edgeconv.errors.Terminated` (a KeyboardInterrupt) in
-    the main thread; the previous handler comes back afterwards."""
+    the main thread, and both it and Ctrl-C are remembered for :func:`as_interrupt` (an ignored
+    SIGINT stays ignored); the previous handlers come back afterwards."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _received.clear()
     previous = signal.signal(signal.SIGTERM, raise_terminated)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def die_with_parent() -> None:

@@ -93,18 +93,29 @@ def test_same_artifact_twice_is_no_regression(builds: dict[str, Path], tmp_path:
     The limit is 20 %, not the default 5: two processes of this 0.5 ms toy differ by more than the
     default absorbs on a shared 2-core VM even when both runs are stable (ratios 0.940, 0.973,
     0.990 and one over 1.10 in pairs on the idle machine, intervals about 1.5 % wide; six processes
-    in a row: medians 0.493-0.535 ms): docs/ci.md's advice for tight limits."""
+    in a row: medians 0.493-0.535 ms): docs/ci.md's advice for tight limits.
+
+    Even 20 % is not a bound on two processes of a shared VM: one CI run measured the same
+    artifact more than 20 % slower, both runs stable. A slowdown of the same artifact does not
+    persist, a real one does (``test_larger_resolution_is_caught``): as docs/ci.md advises, a
+    regression is measured again (the candidate, up to twice more) before it is believed."""
     main_db, pr_db = tmp_path / "main.db", tmp_path / "pr.db"
     quiet = ["--until-stable", "3", "--core", str(quietest_core())]  # the last --core wins over RUNS'
     bench(builds["small"], "main", main_db, *quiet)
-    bench(builds["small"], "pr", pr_db, *quiet)
     junit = tmp_path / "cmp.xml"
     limit = ["--max-slowdown", "20"]
-    r = run("compare", "--baseline", "main", "--candidate", "pr", "--baseline-db", str(main_db), "--db", str(pr_db),
-            "--junit", str(junit), "--json", *limit)
-    assert r.exit_code == 0, r.stderr
-    out = json.loads(r.stdout)
-    (row,) = out["latency"]
+    seen = []
+    for _ in range(3):
+        bench(builds["small"], "pr", pr_db, *quiet)  # compare takes the latest run of the tag
+        r = run("compare", "--baseline", "main", "--candidate", "pr", "--baseline-db", str(main_db), "--db",
+                str(pr_db), "--junit", str(junit), "--json", *limit)
+        out = json.loads(r.stdout)
+        (row,) = out["latency"]
+        seen.append((row["verdict"], round(row["ratio"], 3), r.exit_code))
+        assert row["verdict"] != "faster", seen
+        if row["verdict"] != "regression":
+            break
+    assert r.exit_code == 0, (seen, r.stderr)
     assert (row["model"], row["format"], row["precision"], row["runtime"]) == ("toycmp", "onnx", "fp32", "onnxruntime")
     unstable = [n for n in row["notes"] if n.endswith((" is noisy", " is throttled"))]
     assert row["notes"] == unstable  # same artifact: no other note

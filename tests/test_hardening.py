@@ -385,3 +385,35 @@ def test_ctrl_c_through_generated_code_still_exits_130(tmp_path):
                           timeout=60)
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "edgeconv: interrupted\n"
+
+
+@pytest.mark.parametrize("signalled", [True, False])
+def test_ctrl_c_that_a_native_import_turns_into_import_error_is_an_interrupt(tmp_path, signalled):
+    """onnxruntime's pybind11 module, interrupted while it initialises, raises ``ImportError:
+    initialization failed`` with the KeyboardInterrupt gone (a CI run of ``check`` printed that
+    traceback, exit 1). Reproduced with a real SIGINT turned into that ImportError: edgeconv
+    remembers the signal and reports the interrupt (130); the same ImportError without a signal
+    stays an error."""
+    pkg = tmp_path / "import_cmd"
+    pkg.mkdir()
+    (pkg / "__main__.py").write_text(
+        "import os, signal, click\n"
+        "from edgeconv.cli.common import Command\n\n"
+        "@click.command(cls=Command)\n"
+        "def main():\n"
+        "    try:\n"
+        f"        if {signalled}:\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "            signal.pthread_sigmask(signal.SIG_BLOCK, [])  # let the handler run here\n"
+        "        raise ImportError('initialization failed')\n"
+        "    except KeyboardInterrupt:\n"
+        "        raise ImportError('initialization failed') from None\n\n"
+        "main()\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+    proc = subprocess.run([sys.executable, "-m", "import_cmd"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    if signalled:
+        assert proc.returncode == 130, proc.stderr
+        assert proc.stderr == "edgeconv: interrupted\n"
+    else:
+        assert proc.returncode == 1 and "ImportError: initialization failed" in proc.stderr

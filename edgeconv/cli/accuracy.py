@@ -140,7 +140,7 @@ def check_cmd(name, weights, out, data, limit, calib, calib_size, formats, preci
     Exit codes: 0 passed, 1 a gate failed, 2 a bad command line, 3 a data, artifact or tool error
     (then the --junit file holds one <error> saying why)."""
     from ..evaluate import check, junit_xml
-    from ..util import atomic_write_text, check_writable
+    from ..util import as_interrupt, atomic_write_text, check_writable
 
     if junit:
         check_writable(junit)  # before minutes of evaluation, not after
@@ -152,6 +152,7 @@ def check_cmd(name, weights, out, data, limit, calib, calib_size, formats, preci
                         threads=threads, latency_runs=latency_runs, db=db, progress=_progress(quiet),
                         tag=tag)
     except BaseException as e:
+        e = as_interrupt(e)
         if junit:
             _junit_error(junit, name, e)
         raise _check_error(e) from None

@@ -50,11 +50,17 @@ def run_guarded(ctx: click.Context, invoke: Callable[[click.Context], Any], inte
     (1; a usage error 2), a tool failure (3; ``EDGECONV_DEBUG=1`` re-raises it with its detail), a
     file that cannot be written or read (3: full disk, read-only, no permission, name too long),
     Ctrl-C (130)."""
-    from ..util import sigterm_as_interrupt
+    from ..util import as_interrupt, sigterm_as_interrupt
 
     try:
         with sigterm_as_interrupt():
-            return invoke(ctx)
+            try:
+                return invoke(ctx)
+            except BaseException as e:  # a Ctrl-C that a native import turned into ImportError
+                reported = as_interrupt(e)
+                if reported is e:
+                    raise
+                raise reported from e
     except click.UsageError as e:  # e.g. an unknown subcommand, found while the group runs
         if isinstance(e, OneLineUsageError):
             raise
