@@ -366,23 +366,23 @@ def test_a_closed_pipe_is_a_quiet_stop_not_an_error():
     assert (proc.returncode, proc.stderr) == (141, "")
 
 
+def run_command_module(tmp_path, body: str) -> subprocess.CompletedProcess[str]:
+    """``python -m`` a package whose one edgeconv Command runs ``body`` (its indented lines)."""
+    pkg = tmp_path / "edgeconv_cmd"
+    pkg.mkdir()
+    (pkg / "__main__.py").write_text("import click\nfrom edgeconv.cli.common import Command\n\n"
+                                     "@click.command(cls=Command)\ndef main():\n" + body + "\nmain()\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+    return subprocess.run([sys.executable, "-m", "edgeconv_cmd"], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
 def test_ctrl_c_through_generated_code_still_exits_130(tmp_path):
     """A KeyboardInterrupt that passes through ``exec(source)`` (code that libraries generate) and is
     handled by edgeconv: under ``python -m`` CPython 3.11 would still kill the process with SIGINT
     at exit (return code -2, seen in a build interrupted inside NNCF); edgeconv's handler clears
     that and the status is 130."""
-    pkg = tmp_path / "interrupted_cmd"
-    pkg.mkdir()
-    (pkg / "__main__.py").write_text(
-        "import click\n"
-        "from edgeconv.cli.common import Command\n\n"
-        "@click.command(cls=Command)\n"
-        "def main():\n"
-        "    exec('raise KeyboardInterrupt')\n\n"
-        "main()\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
-    proc = subprocess.run([sys.executable, "-m", "interrupted_cmd"], capture_output=True, text=True, env=env,
-                          timeout=60)
+    proc = run_command_module(tmp_path, "    exec('raise KeyboardInterrupt')\n")
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "edgeconv: interrupted\n"
 
@@ -394,24 +394,14 @@ def test_ctrl_c_that_a_native_import_turns_into_import_error_is_an_interrupt(tmp
     traceback, exit 1). Reproduced with a real SIGINT turned into that ImportError: edgeconv
     remembers the signal and reports the interrupt (130); the same ImportError without a signal
     stays an error."""
-    pkg = tmp_path / "import_cmd"
-    pkg.mkdir()
-    (pkg / "__main__.py").write_text(
-        "import os, signal, click\n"
-        "from edgeconv.cli.common import Command\n\n"
-        "@click.command(cls=Command)\n"
-        "def main():\n"
-        "    try:\n"
-        f"        if {signalled}:\n"
-        "            os.kill(os.getpid(), signal.SIGINT)\n"
-        "            signal.pthread_sigmask(signal.SIG_BLOCK, [])  # let the handler run here\n"
-        "        raise ImportError('initialization failed')\n"
-        "    except KeyboardInterrupt:\n"
-        "        raise ImportError('initialization failed') from None\n\n"
-        "main()\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
-    proc = subprocess.run([sys.executable, "-m", "import_cmd"], capture_output=True, text=True, env=env,
-                          timeout=60)
+    proc = run_command_module(tmp_path, "    import os, signal\n"
+                                        "    try:\n"
+                                        f"        if {signalled}:\n"
+                                        "            os.kill(os.getpid(), signal.SIGINT)\n"
+                                        "            signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the handler runs\n"
+                                        "        raise ImportError('initialization failed')\n"
+                                        "    except KeyboardInterrupt:\n"
+                                        "        raise ImportError('initialization failed') from None\n")
     if signalled:
         assert proc.returncode == 130, proc.stderr
         assert proc.stderr == "edgeconv: interrupted\n"
