@@ -217,3 +217,16 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
     assert (r.exit_code, r.stderr) == (1, f"edgeconv: error: no results tagged 'nope' in {db} (bench --tag nope)\n")
     r = run("compare", "--baseline", "a", "--db", str(db))
     assert r.exit_code == 2 and r.stderr.startswith("edgeconv: error: Missing option '--candidate'")
+
+
+def test_piped_tables_are_never_wrapped_inside_cells(capsys: pytest.CaptureFixture[str]) -> None:
+    """A CI run's compare table had both runs noisy: the notes cell was wrapped over two lines at
+    the piped width of 200, and "candidate run 2 is noisy" was no longer in the output."""
+    from edgeconv.cli.common import console
+    from edgeconv.report import rich_table
+
+    notes = "baseline run 1 is noisy; candidate run 2 is noisy; " + "window medians vary by 23 % " * 6
+    console().print(rich_table([{"label": "toycmp onnx/fp32 onnxruntime on vm, 1 thread " * 2, "notes": notes}],
+                               [("label", "latency", str), ("notes", "notes", str)]))
+    out = capsys.readouterr().out
+    assert notes.strip() in out and len(out.splitlines()) == 5  # top, header, rule, one row, bottom

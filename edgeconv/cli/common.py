@@ -201,11 +201,23 @@ def echo_json(obj: Any) -> None:
 
 
 def console(stderr: bool = False):
+    """A rich console for tables. Piped or captured output (a file, ``grep``, CI logs) has no width
+    to fit: each table is printed at its natural width there, never wrapped inside its cells (a
+    note such as "candidate run 2 is noisy" broken over two lines cannot be found by a script)."""
     from rich.console import Console
+    from rich.table import Table
+
+    class PipedConsole(Console):
+        def print(self, *objects, **kwargs) -> None:
+            for o in objects:
+                if isinstance(o, Table):
+                    natural = self.measure(o, options=self.options.update_width(100_000)).maximum
+                    self.width = max(self.width, natural)
+            super().print(*objects, **kwargs)
 
     c = Console(stderr=stderr, highlight=False)
     if not c.is_terminal:  # piped/captured: do not squeeze tables into 80 columns
-        c = Console(stderr=stderr, highlight=False, width=200)
+        c = PipedConsole(stderr=stderr, highlight=False, width=200)
     return c
 
 
